@@ -1,0 +1,28 @@
+"""Decoders: encoded scan bytes -> uint8 grayscale images of the model's input size."""
+
+from __future__ import annotations
+
+from .base import DecodedBatch, DecodeError, Decoder, read_bytes
+
+__all__ = ["DecodedBatch", "DecodeError", "Decoder", "read_bytes", "make_decoder", "DECODERS"]
+
+DECODERS = ("auto", "cpu", "pillow", "dali")
+
+
+def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_000, device: str = "cpu") -> Decoder:
+    """Build a decoder by name. Heavy libraries load here, not at import."""
+    from ..errors import OctbatchError
+
+    if name in ("auto", "cpu"):
+        from .cpu import CpuDecoder
+
+        return CpuDecoder(spec, threads=threads, max_pixels=max_pixels)
+    if name == "pillow":
+        from .cpu import PillowDecoder
+
+        return PillowDecoder(spec, threads=threads, max_pixels=max_pixels)
+    if name == "dali":
+        from .dali import DaliDecoder
+
+        return DaliDecoder(spec, threads=threads, max_pixels=max_pixels, device=device)
+    raise OctbatchError(f"unknown decoder {name!r}", f"Use one of {', '.join(DECODERS)}.")

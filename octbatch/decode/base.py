@@ -1,0 +1,77 @@
+"""The decoder contract and the one reader every decoder shares."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..preprocess import Preprocessing
+
+__all__ = ["DecodeError", "DecodedBatch", "Decoder", "read_bytes"]
+
+
+class DecodeError(Exception):
+    """One file could not be turned into an image; the message goes into its row's `error`."""
+
+
+@dataclass
+class DecodedBatch:
+    images: np.ndarray  # (n, H, W) uint8; rows of failed files are undefined
+    sizes: list  # (width, height) of the original scan, or None where it failed
+    errors: list  # None where ok, else the message
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+class Decoder(Protocol):
+    name: str
+    spec: Preprocessing
+
+    def decode_batch(self, paths: Sequence[str]) -> DecodedBatch: ...
+
+    def close(self) -> None: ...
+
+
+def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
+    """Read one file whole, turning every way it can fail into a DecodeError with a useful message."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DecodeError("file disappeared after discovery (not found when read)") from None
+    except PermissionError:
+        raise DecodeError("cannot read file: permission denied") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot open file: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not a regular file")
+        if st.st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        if st.st_size > max_bytes:
+            raise DecodeError(f"file is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        chunks = []
+        remaining = st.st_size
+        while remaining > 0:
+            b = os.read(fd, remaining)
+            if not b:
+                break
+            chunks.append(b)
+            remaining -= len(b)
+        data = b"".join(chunks)
+        if not data:
+            raise DecodeError("empty file (0 bytes)")
+        return data
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise DecodeError("not a regular file (a directory)") from None
+        raise DecodeError(f"read failed: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
