@@ -1,0 +1,27 @@
+"""octbatch: batch classification of retinal OCT scan archives into one Parquet table.
+
+`import octbatch` is light: the heavy libraries (onnxruntime, TensorRT, DALI, Ray, torch) load
+only when the stage that needs them runs.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "run", "merge", "RunConfig", "OctbatchError"]
+
+
+def __getattr__(name: str):
+    if name in ("run", "merge"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name == "RunConfig":
+        from .config import RunConfig
+
+        return RunConfig
+    if name == "OctbatchError":
+        from .errors import OctbatchError
+
+        return OctbatchError
+    raise AttributeError(name)

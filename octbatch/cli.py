@@ -1,0 +1,222 @@
+"""The `octbatch` command. Thin: each command builds a config, calls one library function, renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import ExitCode, OctbatchError
+
+__all__ = ["cli", "main"]
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0   every discovered file has a row and all were read
+  1   user error (message on stderr says how to fix it)
+  2   usage error (bad option)
+  3   finished; some files could not be read (their rows say status=error)
+  4   finished; some shards failed on every retry (rows say status=failed; rerun to retry)
+  130 interrupted; committed shards are kept, rerun the same command to resume"""
+
+
+class OctbatchGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OctbatchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted: committed shards are kept; run the same command again to resume.", err=True)
+            ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+def _config_defaults(ctx, param, value):
+    from .config import load_toml_defaults
+
+    if value:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **load_toml_defaults(value)}
+        except OctbatchError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@click.group(cls=OctbatchGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="octbatch")
+@click.option("--config", type=click.Path(dir_okay=False), envvar="OCTBATCH_CONFIG", callback=_config_defaults,
+              is_eager=True, expose_value=False, help="TOML file whose [run], [bench], ... tables set option defaults.")
+def cli():
+    """Classify archives of retinal OCT scans into one Parquet table."""
+
+
+def _csv(values) -> tuple[str, ...]:
+    out = []
+    for v in values or ():
+        out.extend(x for x in v.split(",") if x)
+    return tuple(out)
+
+
+def _model_options(f):
+    for opt in reversed([
+        click.option("--model", type=click.Path(dir_okay=False), envvar="OCTBATCH_MODEL", help="ONNX classifier [default: the shipped OCT model]."),
+        click.option("--classes", help="Class names in output order, comma-separated (for models without octbatch metadata)."),
+        click.option("--input-size", help="Model input HxW, e.g. 224 or 224x224 (models without metadata)."),
+        click.option("--mean", help="Normalisation mean on the 0..1 scale, one value or one per channel."),
+        click.option("--std", help="Normalisation std on the 0..1 scale, one value or one per channel."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), envvar="OCTBATCH_OUT", help="Output Parquet file.")
+@_model_options
+@click.option("--engine", type=click.Path(dir_okay=False), envvar="OCTBATCH_ENGINE", help="A built engine (octbatch build-engine); its fingerprint is checked first.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", envvar="OCTBATCH_BACKEND")
+@click.option("--rebuild-on-mismatch", is_flag=True, help="Rebuild --engine when its fingerprint does not match this machine.")
+@click.option("--decoder", type=click.Choice(["auto", "cpu", "pillow", "dali"]), default="auto", envvar="OCTBATCH_DECODER",
+              help="auto: DALI on a GPU, else the fastest CPU decoder measured (simplejpeg).")
+@click.option("--batch-size", "-b", type=int, default=64, envvar="OCTBATCH_BATCH_SIZE")
+@click.option("--threads", "-j", type=int, default=0, envvar="OCTBATCH_THREADS", help="Decode and inference threads; 0 = all cores.")
+@click.option("--limit", type=int, help="Classify only the first N files (in discovery order).")
+@click.option("--include", multiple=True, help="Only paths matching this glob (repeatable, or comma-separated).")
+@click.option("--exclude", multiple=True, help="Skip paths matching this glob (repeatable, or comma-separated).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output and its unfinished work.")
+@click.option("--shard", envvar="OCTBATCH_SHARD", help="Process only slice i of N (i/N, from 0); assemble with octbatch merge.")
+@click.option("--shard-size", type=int, default=1024, envvar="OCTBATCH_SHARD_SIZE", help="Files per committed shard (the unit of resume).")
+@click.option("--retry-errors", is_flag=True, help="Also retry files whose earlier rows say status=error.")
+@click.option("--max-pixels", type=int, default=64_000_000, help="Refuse images whose header claims more pixels (decompression bombs).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", envvar="OCTBATCH_EXECUTOR")
+@click.option("--ray-address", envvar="OCTBATCH_RAY_ADDRESS", help="auto, ray://host:port or host:port; none starts a local Ray.")
+@click.option("--workers", type=int, envvar="OCTBATCH_WORKERS", help="Ray actors [default: one per GPU, else one per 2 CPUs].")
+@click.option("--gpus-per-worker", type=float, default=None, envvar="OCTBATCH_GPUS_PER_WORKER", help="GPUs per Ray actor [default: 1 when the cluster has GPUs].")
+@click.option("--max-shard-retries", type=int, default=2, envvar="OCTBATCH_MAX_SHARD_RETRIES")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
+@click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
+        limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
+        gpus_per_worker, max_shard_retries, as_json, quiet, verbose, no_progress):
+    """Classify every scan under ARCHIVE into one Parquet table (--out).
+
+    Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
+    new or changed files. Files that cannot be read still get a row (status=error).
+    """
+    from .config import RunConfig
+    from .pipeline import run as run_pipeline
+    from .progress import make_reporter
+
+    if executor == "local" and (ray_address or workers):
+        executor = "ray"
+    cfg = RunConfig(
+        archive=archive, out=out, model=model, engine=engine, backend=backend, rebuild_on_mismatch=rebuild_on_mismatch,
+        classes=classes, input_size=input_size, mean=mean, std=std, decoder=decoder, batch_size=batch_size, threads=threads,
+        limit=limit, include=_csv(include), exclude=_csv(exclude), overwrite=overwrite, shard=shard, shard_size=shard_size,
+        retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
+        gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
+        fault_hook=os.environ.get("OCTBATCH_FAULT"),
+    )
+    reporter = make_reporter(quiet=quiet, verbose=verbose, no_progress=no_progress)
+    summary = run_pipeline(cfg, reporter)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=1, default=str))
+    if not quiet:
+        _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(s) -> None:
+    err = click.get_text_stream("stderr")
+    lines = [
+        f"octbatch: {s.discovered} file(s) discovered, {s.processed} classified now ({s.ok} ok, {s.errors} unreadable), "
+        f"{s.skipped} already done" + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
+        f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
+    ]
+    if s.failed_files:
+        lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
+    if s.merged:
+        lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
+    else:
+        lines.append(f"octbatch: slice {s.slice} committed under {s.out}.parts; run octbatch merge {s.out} when all slices are done")
+    click.echo("\n".join(lines), file=err)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--archive", type=click.Path(file_okay=False), help="Archive root [default: the one the slices ran on].")
+@click.option("--allow-missing", is_flag=True, help="Merge even if slices or files are missing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def merge(out, archive, allow_missing, as_json, quiet):
+    """Assemble the parts of `octbatch run --shard i/N` runs into OUT."""
+    from .pipeline import merge as merge_parts
+
+    s = merge_parts(out, archive=archive, allow_missing=allow_missing)
+    if as_json:
+        click.echo(json.dumps(s.to_dict(), indent=1, default=str))
+    if not quiet:
+        click.echo(f"octbatch: merged {s.rows} row(s) into {s.out}" + (f", dropped {s.dropped_deleted} row(s) of deleted files" if s.dropped_deleted else ""), err=True)
+    sys.exit(ExitCode.FAILED_SHARDS if s.failed_files else 0)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--n", "n", type=int, default=500, help="Number of scans.")
+@click.option("--seed", type=int, default=0)
+@click.option("--no-broken", is_flag=True, help="Do not add the three broken files.")
+def synth(directory, n, seed, no_broken):
+    """Write a labelled synthetic archive of OCT-like scans (plus a few broken files)."""
+    from .synth import make_archive
+
+    info = make_archive(directory, n, seed=seed, broken=not no_broken)
+    click.echo(f"octbatch: wrote {info['scans']} synthetic scans and {info['broken']} broken file(s) to {directory}", err=True)
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: the shipped model's].")
+@click.option("--seed", type=int, default=0)
+@click.option("--threads", type=int, default=0)
+def train(data_dir, out, epochs, seed, threads):
+    """Train a classifier on labelled scans (needs the `train` extra: torch) and export it to ONNX."""
+    from .train import train as train_model
+
+    kw = {"seed": seed}
+    if epochs is not None:
+        kw["epochs"] = epochs
+    if threads:
+        kw["threads"] = threads
+    metrics = train_model(data_dir, out, **kw)
+    click.echo(json.dumps(metrics, indent=1, default=str))
+
+
+def main() -> None:
+    cli(prog_name="octbatch")
+
+
+# Commands that live beside their subsystem. Each module imports only click at top level and
+# defines register(group); a module that is not part of this install is skipped.
+_SUBCOMMAND_MODULES = ("cli_engines", "cli_bench", "cli_gpu")
+
+
+def _register_subcommands() -> None:
+    import importlib
+
+    for name in _SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        mod.register(cli)
+
+
+_register_subcommands()

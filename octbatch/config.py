@@ -1,0 +1,79 @@
+"""Run configuration. Precedence: CLI option > OCTBATCH_* environment variable > TOML file > default.
+
+The CLI gets the middle two from Click (each option names its envvar; the TOML file becomes Click's
+default_map); Python callers build RunConfig directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .errors import OctbatchError
+
+__all__ = ["RunConfig", "load_toml_defaults", "default_threads"]
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    archive: str
+    out: str
+    model: str | None = None  # None: the shipped default (or $OCTBATCH_MODEL)
+    engine: str | None = None  # a built engine (build-engine); its fingerprint is checked first
+    backend: str = "auto"  # auto | onnxruntime | tensorrt
+    rebuild_on_mismatch: bool = False
+    classes: str | None = None
+    input_size: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    decoder: str = "auto"
+    batch_size: int = 64
+    threads: int = 0  # 0: every core of this machine
+    limit: int | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overwrite: bool = False
+    shard: str | None = None  # "i/N"
+    shard_size: int = 1024
+    retry_errors: bool = False
+    max_pixels: int = 64_000_000
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    max_shard_retries: int = 2
+    fault_hook: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_size > 65536:
+            raise OctbatchError(f"--batch-size {self.batch_size} is out of range", "Use a batch size between 1 and 65536.")
+        if self.shard_size < 1:
+            raise OctbatchError("--shard-size must be at least 1", "Use a few thousand scans per shard.")
+        if self.limit is not None and self.limit < 0:
+            raise OctbatchError("--limit must not be negative", "Give a number of files, or leave it out.")
+        if self.threads < 0:
+            raise OctbatchError("--threads must not be negative", "Use 0 for all cores.")
+
+
+def load_toml_defaults(path: str | None) -> dict:
+    """The `[run]`, `[bench]`, ... tables of an octbatch TOML file as Click default maps."""
+    if not path:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise OctbatchError(f"config file {path} does not exist", "Check --config or OCTBATCH_CONFIG.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OctbatchError(f"config file {path} is not valid TOML: {exc}", "Fix the file.") from None
+    return {k.replace("-", "_"): ({kk.replace("-", "_"): vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in data.items()}

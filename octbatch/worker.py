@@ -1,0 +1,131 @@
+"""The per-worker loop: read -> decode -> infer -> rows, with decoding of the next batch overlapping
+inference of the current one.
+
+`ShardWorker` is a callable class: built once (decoder + backend loaded in __init__), then called
+once per shard. The same object runs in-process (LocalExecutor) or inside a Ray actor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .preprocess import normalize_into
+from .results import ShardRows, make_schema, rows_to_table, write_part
+
+__all__ = ["WorkerConfig", "ShardWorker", "ShardSummary"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_path: str | None = None
+    model_overrides: dict = field(default_factory=dict)  # classes/input_size/mean/std/resize
+    backend: str = "onnxruntime"
+    engine_path: str | None = None
+    precision: str | None = None
+    decoder: str = "auto"
+    device: str = "cpu"
+    batch_size: int = 64
+    decode_threads: int = 2
+    infer_threads: int = 2
+    max_pixels: int = 64_000_000
+    run_id: str = ""
+    file_metadata: dict = field(default_factory=dict)
+    fault_hook: str | None = None  # tests: "fail:<shard-id-prefix>" or "exit-after:<n>"
+
+
+@dataclass
+class ShardSummary:
+    shard_id: str
+    files: int
+    ok: int
+    errors: int
+    seconds: float
+    part: str
+    worker: str = ""
+
+
+class ShardWorker:
+    def __init__(self, cfg: WorkerConfig):
+        from .backends import make_runner
+        from .decode import make_decoder
+        from .model import load_model_info
+
+        self.cfg = cfg
+        self.model = load_model_info(cfg.model_path, **cfg.model_overrides)
+        self.spec = self.model.preprocessing
+        self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
+        self.runner = make_runner(cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision).load()
+        self.schema = make_schema(self.model.classes, cfg.file_metadata)
+        self._input = np.empty((cfg.batch_size, self.spec.channels, self.spec.height, self.spec.width), np.float32)
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="octbatch-prefetch")
+        self._shards_done = 0
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+
+    def _fault(self, shard_id: str) -> None:
+        hook = self.cfg.fault_hook or os.environ.get("OCTBATCH_FAULT")
+        if not hook:
+            return
+        kind, _, arg = hook.partition(":")
+        if kind == "fail" and shard_id.startswith(arg):
+            raise RuntimeError(f"injected failure for shard {shard_id}")
+        if kind == "exit-after" and self._shards_done >= int(arg):
+            os._exit(137)
+
+    def process(self, shard, parts_dir: str, progress: Callable[[int, int], None] | None = None) -> ShardSummary:
+        """Classify every file of `shard` and commit its part file. Returns a small summary."""
+        t0 = time.perf_counter()
+        self._fault(shard.id)
+        rows = ShardRows(self.model.classes)
+        bs = self.cfg.batch_size
+        batches = [shard.entries[i:i + bs] for i in range(0, len(shard.entries), bs)]
+        n_err = 0
+        fut = self._prefetch.submit(self.decoder.decode_batch, [e.abspath for e in batches[0]]) if batches else None
+        for k, entries in enumerate(batches):
+            decoded = fut.result()
+            if k + 1 < len(batches):
+                fut = self._prefetch.submit(self.decoder.decode_batch, [e.abspath for e in batches[k + 1]])
+            ok = decoded.ok
+            probs = np.zeros((len(entries), len(self.model.classes)), np.float32)
+            errors = list(decoded.errors)
+            if ok.any():
+                imgs = decoded.images if ok.all() else decoded.images[ok]
+                x = normalize_into(self._input, imgs, self.spec)
+                try:
+                    probs[ok] = self.runner.infer(x)
+                except Exception as exc:  # noqa: BLE001 - an inference failure is recorded per file, not fatal
+                    msg = f"inference failed: {type(exc).__name__}: {str(exc)[:300]}"
+                    errors = [msg if e is None else e for e in errors]
+            sizes = decoded.sizes
+            n_bad = sum(e is not None for e in errors)
+            n_err += n_bad
+            rows.add(entries, probs, sizes, errors, int(time.time() * 1e6))
+            if progress is not None:
+                progress(len(entries), n_bad)
+        table = rows_to_table(
+            rows, self.schema,
+            model_sha256=self.model.sha256,
+            backend=self.runner.name,
+            precision=self.runner.precision,
+            decoder=self.decoder.name,
+            run_id=self.cfg.run_id,
+        )
+        part = write_part(table, parts_dir, shard.id)
+        self._shards_done += 1
+        return ShardSummary(shard.id, len(rows), len(rows) - n_err, n_err, time.perf_counter() - t0, part, self.name)
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=True)
+        self.decoder.close()
+        self.runner.close()
+
+    def __enter__(self) -> "ShardWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
