@@ -166,6 +166,17 @@ def merge(out, archive, allow_missing, as_json, quiet):
 
 
 @cli.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def report(results, as_json):
+    """Summarise a results table: predictions, unreadable files, accuracy where names give labels."""
+    from .report import render_text, summarize
+
+    s = summarize(results)
+    click.echo(json.dumps(s, indent=1) if as_json else render_text(s))
+
+
+@cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=int, default=500, help="Number of scans.")
 @click.option("--seed", type=int, default=0)

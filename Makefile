@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, install octbatch, classify a sample archive on the CPU
+#   make test   create .venv, install octbatch with test extras, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# The CPU build of torch is enough for the training tests; pinned so pip never pulls a newer CUDA build.
+TORCH  ?= torch==2.13.0
+SHARED_DATA ?= ../shared/data/oct2017
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test install install-test clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test,dali,cluster,bench]' '$(TORCH)'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	@mkdir -p $(DEMO_OUT)
+	@if [ -d "$(SHARED_DATA)" ]; then \
+	  echo "demo: classifying the real OCT2017 sample in $(SHARED_DATA)"; archive="$(SHARED_DATA)"; \
+	else \
+	  echo "demo: $(SHARED_DATA) not found; generating a synthetic archive of 500 OCT-like scans (+3 broken files) in $(DEMO_OUT)/archive"; \
+	  [ -d $(DEMO_OUT)/archive ] || $(BIN)/octbatch synth $(DEMO_OUT)/archive --n 500; archive="$(DEMO_OUT)/archive"; \
+	fi; \
+	$(BIN)/octbatch run "$$archive" --out $(DEMO_OUT)/results.parquet --overwrite -v; rc=$$?; \
+	[ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; \
+	$(BIN)/octbatch report $(DEMO_OUT)/results.parquet
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
