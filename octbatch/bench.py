@@ -298,7 +298,7 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
     rows.append(_row("stage", "discovery", measure_rate(lambda: sum(1 for _ in discover(archive)), **m), "files/s", ctx, **common))
 
     log("stage: read")
-    total_mb = sum(e.size for e in entries) / 1e6
+    total_mb = sum(e.size for e in entries if e.abspath in set(good)) / 1e6
 
     def read_all():
         for p in good:

@@ -21,9 +21,11 @@ twice leaves one correct part, never two.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -176,6 +178,12 @@ class RayExecutor(Executor):
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, shards, cfg, parts_dir, *, on_progress=None, on_shard=None) -> ExecutorResult:
+        # Ray prints cluster errors ("(raylet) A worker died ...") on the driver's stdout, which
+        # belongs to data (--json for schedulers): send them to stderr for the length of the run.
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._run(shards, cfg, parts_dir, on_progress, on_shard)
+
+    def _run(self, shards, cfg, parts_dir, on_progress, on_shard) -> ExecutorResult:
         t0 = time.perf_counter()
         ray, started = self._connect()
         res = ExecutorResult()
@@ -297,7 +305,7 @@ class RayExecutor(Executor):
             for ref in list(done) + list(more):
                 if ref not in inflight:
                     continue  # dropped when its actor was replaced
-                slot, job = inflight.pop(ref)
+                slot, job = inflight[ref]  # stays listed until handled: replace() requeues all of a slot's refs
                 try:
                     value = ray.get(ref, timeout=60)
                 except RayTaskError as exc:
@@ -307,6 +315,7 @@ class RayExecutor(Executor):
                             raise OctbatchError(cause.what, cause.fix) from None
                         replace(slot, _first_line(exc))
                         continue
+                    inflight.pop(ref)
                     slot.queue.remove(ref)
                     job.attempts += 1
                     if job.attempts > self.max_shard_retries:
@@ -323,6 +332,7 @@ class RayExecutor(Executor):
                 except (RayActorError, GetTimeoutError, RayError) as exc:
                     replace(slot, f"{type(exc).__name__}: {_first_line(exc)}")
                     continue
+                inflight.pop(ref)
                 if job is None:  # ready()
                     slot.ready, slot.name = True, value
                     ready_count += 1

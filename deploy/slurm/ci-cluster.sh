@@ -60,8 +60,10 @@ EOF
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start() {
-    command -v slurmctld >/dev/null && command -v slurmd >/dev/null || {
-        echo "slurmctld/slurmd not found: apt-get install -y slurm-wlm" >&2; exit 1; }
+    if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null; then
+        echo "slurmctld/slurmd not found: apt-get install -y slurm-wlm" >&2
+        exit 1
+    fi
     write_conf
     export SLURM_CONF=$conf
     # -i: ignore state left by an earlier cluster in the same folder.
