@@ -31,13 +31,23 @@ class FileEntry:
     abspath: str  # what open() takes (may hold surrogate escapes for non-UTF-8 names)
     size: int
     mtime_ns: int
-    label: str | None
-    patient_id: str | None
-    image_no: int | None
+
+    # What the name says is parsed only for files that get a row now: a resumed run over a
+    # million committed files never pays for it.
+    def names(self) -> tuple[str | None, str | None, int | None]:
+        return parse_name(self.path)
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.path, self.size, self.mtime_ns)
+    def label(self) -> str | None:
+        return parse_name(self.path)[0]
+
+    @property
+    def patient_id(self) -> str | None:
+        return parse_name(self.path)[1]
+
+    @property
+    def image_no(self) -> int | None:
+        return parse_name(self.path)[2]
 
 
 def display_path(rel: str) -> str:
@@ -136,5 +146,4 @@ def _walk(dirpath, rel_dir, exts, include, exclude, seen_dirs, skip) -> Iterator
                 continue
             if exclude and _matches(shown, exclude):
                 continue
-            label, pid, no = parse_name(shown)
-            yield FileEntry(shown, e.path, st.st_size, st.st_mtime_ns, label, pid, no)
+            yield FileEntry(shown, e.path, st.st_size, st.st_mtime_ns)

@@ -6,8 +6,9 @@ How it measures (MLPerf-offline style care, on the user's own machine and archiv
 - stage ceilings run in this process on data already in the page cache, so each stage is measured
   alone; inference runs on pre-decoded tensors;
 - end-to-end runs and baselines each run in their own child process (`python -m octbatch.bench
-  --child SPEC`), so peak RSS per configuration comes from the kernel (wait4 rusage) and one method's
-  threads, caches or Ray processes never leak into the next one's numbers;
+  --child SPEC`), so peak RSS per configuration is measured per child (see TreeRssSampler) and one method's
+  threads, caches or Ray processes never leak into the next one's numbers; the child samples the
+  RSS of its whole process tree (worker processes and Ray daemons included) and reports the peak;
 - every row carries the machine and the library versions.
 Rendering (Markdown, charts) lives in bench_report.py.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "run_bench",
     "run_child",
     "BASELINES",
+    "TreeRssSampler",
 ]
 
 BASELINES = ("naive", "dataloader", "ray_data")
@@ -146,9 +148,66 @@ def library_versions() -> dict:
 
 
 def _peak_rss_self_mb() -> float:
+    """This process's own peak RSS (VmHWM: per address space, so not inherited across fork/exec)."""
+    for ln in _read("/proc/self/status").splitlines():
+        if ln.startswith("VmHWM:"):
+            return int(ln.split()[1]) / 1024.0
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Current RSS of a process and all its descendants (worker processes, Ray's daemons)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            pid, ppid = int(name), int(fields[1])
+            children.setdefault(ppid, []).append(pid)
+            rss[pid] = int(fields[21]) * page_kb
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, ()))
+    return total / 1024.0
+
+
+class TreeRssSampler:
+    """Samples the RSS of this process tree on a daemon thread; `peak_mb` is the largest total seen.
+    ru_maxrss cannot serve here: after fork it starts from the parent's high-water mark."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._loop, name="octbatch-bench-rss", daemon=True)
+
+    def _loop(self):
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _tree_rss_mb(me))
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _tree_rss_mb(os.getpid()))
 
 
 # --------------------------------------------------------------------------------------------- archives
@@ -391,7 +450,7 @@ def _parquet_write_rate(entries, model, m) -> dict:
 
 # --------------------------------------------------------------------------------------------- children
 def _spawn(spec: dict, timeout: float) -> tuple[dict, float]:
-    """Run one child measurement; returns (its result, peak RSS in MiB from the kernel)."""
+    """Run one child measurement; returns (its result, the peak RSS in MiB of its process tree)."""
     with tempfile.TemporaryDirectory(prefix="octbatch-bench-child-") as tmp:
         spec_path = os.path.join(tmp, "spec.json")
         spec = {**spec, "result": os.path.join(tmp, "result.json")}
@@ -411,27 +470,29 @@ def _spawn(spec: dict, timeout: float) -> tuple[dict, float]:
                     break
                 time.sleep(0.05)
             p.returncode = os.waitstatus_to_exitcode(status)
-        rss = ru.ru_maxrss / 1024.0
+            del ru
         try:
             with open(spec["result"]) as f:
                 res = json.load(f)
         except (OSError, ValueError):
             tail = _read(log_path)[-1500:]
             res = {"error": f"child exited {p.returncode}: {tail.strip()}"}
-        return res, rss
+        return res, float(res.get("peak_rss_tree_mb") or 0.0)
 
 
 def run_child(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     fn = _CHILDREN[spec["method"]]
-    try:
-        res = fn(spec)
-    except Exception as exc:  # noqa: BLE001 - reported as the row's error, the bench goes on
-        import traceback
+    with TreeRssSampler() as sampler:
+        try:
+            res = fn(spec)
+        except Exception as exc:  # noqa: BLE001 - reported as the row's error, the bench goes on
+            import traceback
 
-        res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
-    res["child_rss_self_mb"] = _peak_rss_self_mb()
+            res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+    res["peak_rss_self_mb"] = _peak_rss_self_mb()  # the main process alone
+    res["peak_rss_tree_mb"] = max(sampler.peak_mb, res["peak_rss_self_mb"])  # with its worker processes
     with open(spec["result"], "w") as f:
         json.dump(res, f, default=str)
 

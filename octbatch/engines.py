@@ -581,7 +581,7 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
                     raise OctbatchError(
                         f"the int8 engine agrees with the fp32 model on only {g['agreement']:.1%} of {g['n']} scans "
                         f"(threshold {min_agreement:.1%}; max probability difference {g['max_abs_prob_diff']:.3f}); engine not kept",
-                        "Calibrate on more or more representative scans (--calib, --calib-size), use fp32/fp16, or pass --force to keep it anyway.",
+                        "Calibrate on more, or more representative, scans (--calib, --calib-size), use fp32/fp16, or pass --force to keep it anyway.",
                     )
                 g["forced"] = bool(force)
                 log(f"warning: {precision} engine is below the agreement threshold; kept" + (" (--force)" if force else ""))

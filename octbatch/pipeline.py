@@ -256,7 +256,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                 json.dump(marker, f)
             os.replace(tmp, wd.slice_marker(*sl))
         else:
-            summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra={"run_id": run_id})
+            unchanged = summary.processed == 0 and not result.failures and not retry and counts["skipped"] == counts["discovered"]
+            summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep,
+                                                                extra={"run_id": run_id}, unchanged=unchanged)
             summary.merged = True
 
     summary.seconds = time.perf_counter() - t_start
@@ -312,7 +314,10 @@ def _make_executor(cfg: RunConfig):
 
 
 def _count_in_background(archive, cfg, wd, committed, sl, rep) -> None:
-    """Count the pending files on a side thread so progress can show a total and an ETA at once."""
+    """Count the pending files on a side thread so progress can show a total and an ETA at once.
+    Only when progress is shown: the count walks the archive a second time."""
+    if not getattr(rep, "wants_total", False):
+        return
 
     def count():
         n = total = 0
@@ -346,7 +351,8 @@ def _write_failed_parts(failures, wcfg, model, parts_dir: str) -> None:
         write_part(table, parts_dir, f.shard.id)
 
 
-def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int], model, archive: str, rep, extra: dict) -> tuple[int, int]:
+def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int], model, archive: str, rep, extra: dict,
+                unchanged: bool = False) -> tuple[int, int]:
     """Stream the previous result and the parts into a new out file; keep each discovered file once.
 
     Rows from parts win over rows of the previous result (they are newer). Returns (rows, dropped).
@@ -381,10 +387,11 @@ def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int],
             yield from filtered(out)
 
     if not parts and use_previous:
-        # Nothing new: keep the file as it is unless files were deleted from the archive.
+        # Nothing new: keep the file as it is unless files were deleted from the archive. Every
+        # discovered key was found committed in `out`, whose keys are unique, so equal counts
+        # mean equal sets.
         n = pq.ParquetFile(out).metadata.num_rows
-        all_there = n == len(discovered) and all(k in discovered for k, _ in _keys_of(out, with_status=False))
-        if all_there:
+        if n == len(discovered) and (unchanged or all(k in discovered for k, _ in _keys_of(out, with_status=False))):
             return n, 0
     rep.log(f"merging {len(parts)} part file(s){' and the previous result' if use_previous else ''} into {out}")
     rows = atomic_write_parquet(out, tables(), schema)

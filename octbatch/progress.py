@@ -10,6 +10,8 @@ __all__ = ["make_reporter", "RichReporter", "LineReporter"]
 
 
 class RichReporter:
+    wants_total = True
+
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -58,6 +60,8 @@ class RichReporter:
 
 class LineReporter:
     """For logs (stderr not a terminal) with -v: one line every `every` seconds."""
+
+    wants_total = True
 
     def __init__(self, stream=sys.stderr, every: float = 10.0):
         self.stream = stream

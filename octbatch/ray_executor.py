@@ -205,7 +205,9 @@ class RayExecutor(Executor):
                     pass
             self._slots = []
             if started:
+                t = time.perf_counter()
                 ray.shutdown()
+                st["shutdown_seconds"] = time.perf_counter() - t
         return res
 
     def _loop(self, ray, remote_cls, shard_iter, wcfg, parts_dir, res, t0, on_progress, on_shard) -> None:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .gpu_path import infer_device_batch, use_device_path
 from .preprocess import normalize_into
 from .results import ShardRows, make_schema, rows_to_table, write_part
 
@@ -61,6 +62,8 @@ class ShardWorker:
         self.spec = self.model.preprocessing
         self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
         self.runner = make_runner(cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision).load()
+        # GPU path (docs/GPU.md): DALI's GPU output goes to TensorRT by device pointer, no host copy.
+        self._device_path = use_device_path(self.decoder.name, getattr(self.decoder, "device", "cpu"), self.runner.name)
         self.schema = make_schema(self.model.classes, cfg.file_metadata)
         self._input = np.empty((cfg.batch_size, self.spec.channels, self.spec.height, self.spec.width), np.float32)
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="octbatch-prefetch")
@@ -85,22 +88,26 @@ class ShardWorker:
         bs = self.cfg.batch_size
         batches = [shard.entries[i:i + bs] for i in range(0, len(shard.entries), bs)]
         n_err = 0
-        fut = self._prefetch.submit(self.decoder.decode_batch, [e.abspath for e in batches[0]]) if batches else None
+        decode = self.decoder.decode_batch_device if self._device_path else self.decoder.decode_batch
+        fut = self._prefetch.submit(decode, [e.abspath for e in batches[0]]) if batches else None
         for k, entries in enumerate(batches):
             decoded = fut.result()
             if k + 1 < len(batches):
-                fut = self._prefetch.submit(self.decoder.decode_batch, [e.abspath for e in batches[k + 1]])
-            ok = decoded.ok
-            probs = np.zeros((len(entries), len(self.model.classes)), np.float32)
-            errors = list(decoded.errors)
-            if ok.any():
-                imgs = decoded.images if ok.all() else decoded.images[ok]
-                x = normalize_into(self._input, imgs, self.spec)
-                try:
-                    probs[ok] = self.runner.infer(x)
-                except Exception as exc:  # noqa: BLE001 - an inference failure is recorded per file, not fatal
-                    msg = f"inference failed: {type(exc).__name__}: {str(exc)[:300]}"
-                    errors = [msg if e is None else e for e in errors]
+                fut = self._prefetch.submit(decode, [e.abspath for e in batches[k + 1]])
+            if self._device_path:
+                probs, errors = infer_device_batch(self.runner, decoded, self.spec, self._input, len(self.model.classes))
+            else:
+                ok = decoded.ok
+                probs = np.zeros((len(entries), len(self.model.classes)), np.float32)
+                errors = list(decoded.errors)
+                if ok.any():
+                    imgs = decoded.images if ok.all() else decoded.images[ok]
+                    x = normalize_into(self._input, imgs, self.spec)
+                    try:
+                        probs[ok] = self.runner.infer(x)
+                    except Exception as exc:  # noqa: BLE001 - an inference failure is recorded per file, not fatal
+                        msg = f"inference failed: {type(exc).__name__}: {str(exc)[:300]}"
+                        errors = [msg if e is None else e for e in errors]
             sizes = decoded.sizes
             n_bad = sum(e is not None for e in errors)
             n_err += n_bad

@@ -1,0 +1,394 @@
+"""DALI decoder: one pipeline definition, run on the CPU (`device_id=None`, the twin that tests and CI
+run) or on the GPU (`mixed` decode on the hardware JPEG engines, GPU resize and normalise).
+
+Encoded bytes come from octbatch's own reader (`read_bytes` + `fn.external_source`), so discovery,
+shards and the exactly-once protocol stay octbatch's, and a missing, empty or unreadable file is a
+per-file error before DALI ever sees it.
+
+DALI fails a whole batch when one sample cannot be decoded (NVIDIA/DALI#3913, #5489). octbatch keeps
+that from costing good files in three steps:
+1. triage: every file is read and its JPEG header parsed (simplejpeg, microseconds) before it joins a
+   batch. Unreadable files, corrupt headers and decompression bombs become error rows at once. Files
+   that are not plain 8-bit grayscale/colour JPEGs ending in an EOI marker (PNG, TIFF, CMYK/YCCK JPEGs,
+   truncated or padded JPEGs) are decoded on the CPU by `decode_image`, the CPU decoder's own function,
+   so they get exactly the CPU path's result or error message.
+2. when DALI still raises for a batch, each file of that batch is decoded on the CPU one by one;
+   the ones that fail get the CPU decoder's error, the others are run through DALI again (the pipeline
+   is reused after a failed run: measured safe on CPU) and, should that raise too, the pipeline is
+   rebuilt and the CPU images are used. A good file is never lost.
+3. crop and resize follow the model's Preprocessing exactly like the CPU decoder: `crop_box` of the
+   header's width/height gives a per-sample ROI, and `fn.resize` (linear with antialiasing: closest to
+   the CPU decoder's INTER_AREA of the options measured, see docs/GPU.md) maps it to input_size.
+
+Known difference (docs/GPU.md): a JPEG that ends in EOI but has corrupt entropy-coded data decodes with
+a warning in DALI (grey blocks) while the strict CPU decoder reports an error; finding those needs a
+full CPU decode of every file, which is the work the GPU path exists to avoid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..preprocess import Preprocessing, crop_box
+from .base import DecodedBatch, DecodeError, read_bytes
+
+__all__ = ["DaliDecoder", "DeviceBatch", "build_pipeline", "gpu_available", "cuda_device_count", "DEVICES"]
+
+DEVICES = ("cpu", "gpu")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_EOI = b"\xff\xd9"
+# Bytes some writers leave after the EOI marker; anything else after EOI goes to the CPU decoder.
+_TRAILING_PAD = b"\x00\r\n\x1a "
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """CUDA devices visible to this process, asked of the driver (libcuda) directly: no CUDA toolkit,
+    torch or DALI import needed, and 0 on a machine without an NVIDIA driver."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    try:
+        if lib.cuInit(0) != 0:
+            return 0
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    except (AttributeError, OSError):
+        return 0
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_available() -> bool:
+    """True when `--decoder auto` should decode with DALI `mixed`: a CUDA GPU is visible and DALI imports.
+    The GPU is asked first because it is cheap; importing DALI takes about a second."""
+    if cuda_device_count() < 1:
+        return False
+    from .._deps import is_available
+
+    return is_available("nvidia.dali")
+
+
+def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads: int, device_id: int = 0,
+                   output: str = "uint8", hw_decoder_load: float = 0.75):
+    """The one DALI pipeline octbatch uses, on `device` "cpu" (device_id=None, CPU operators) or "gpu"
+    (mixed decode, GPU resize/normalise). Inputs (external_source, fed per run): `encoded` (bytes),
+    `roi_start` / `roi_end` ([top, left] / [bottom, right] of the crop box, float32).
+    output="uint8": (n, H, W, 1) uint8 images (what the Decoder contract returns);
+    output="float": (n, C, H, W) float32 model input normalised with the spec's mean/std."""
+    from .._deps import require
+
+    require("nvidia.dali", purpose="the DALI decoder")
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import Pipeline
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    gpu = device == "gpu"
+    # prefetch_queue_depth=1: inputs are fed with run(**inputs), which DALI allows only without a
+    # prefetch queue; overlap comes from the worker's prefetch thread instead.
+    pipe = Pipeline(batch_size=batch_size, num_threads=max(1, threads), device_id=device_id if gpu else None,
+                    prefetch_queue_depth=1)
+    with pipe:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+        if gpu:
+            images = fn.decoders.image(encoded, device="mixed", output_type=types.GRAY, hw_decoder_load=hw_decoder_load)
+        else:
+            images = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
+        images = fn.resize(images, size=[spec.height, spec.width], roi_start=roi_start, roi_end=roi_end,
+                           interp_type=types.INTERP_LINEAR, antialias=True)
+        if output == "float":
+            if spec.channels == 3:
+                images = fn.cat(images, images, images, axis=2)
+            mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,)) * 255.0
+            std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,)) * 255.0
+            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                              mean=[float(m) for m in mean], std=[float(s) for s in std])
+        elif output != "uint8":
+            raise ValueError(f"output must be 'uint8' or 'float', not {output!r}")
+        pipe.set_outputs(images)
+    pipe.build()
+    return pipe
+
+
+@dataclass
+class DeviceBatch:
+    """A decoded batch whose DALI-decoded rows stay where DALI put them (GPU memory on device="gpu").
+
+    `ptr` points at a dense float32 (n_device, C, H, W) tensor holding the model input of rows
+    `device_rows`; it is valid until `release()`, and its producer has finished (DALI outputs fetched
+    with cuda_stream=None are host-synchronous), so a consumer may read it on any CUDA stream.
+    Rows that were decoded on the CPU (non-JPEG, CMYK, recovery after a failed DALI run) are in
+    `host_images` (uint8, rows `host_rows`). Errors and sizes cover the whole batch."""
+
+    n: int
+    ptr: int | None
+    device_rows: list
+    host_rows: list
+    host_images: np.ndarray
+    sizes: list
+    errors: list
+    stream: int | None = None
+    _release: Callable[[], None] | None = field(default=None, repr=False)
+    _keep: tuple = field(default=(), repr=False)  # DALI handles that must outlive `ptr`
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def release(self) -> None:
+        """Give the DALI output buffer back; call once the consumer is done with `ptr`."""
+        rel, self._release = self._release, None
+        self.ptr = None
+        self._keep = ()
+        if rel is not None:
+            rel()
+
+    def __del__(self) -> None:
+        # A batch dropped without release (a consumer that raised) must not block its pipeline forever.
+        self.release()
+
+
+class _Slot:
+    """One built pipeline plus a lock held while a caller still uses its outputs (DALI reuses a
+    pipeline's output memory on its next run)."""
+
+    def __init__(self):
+        self.pipe = None
+        self.batch_size = 0
+        self.lock = threading.Lock()
+
+
+class DaliDecoder:
+    """The Decoder contract on DALI. device="cpu" runs anywhere DALI installs; device="gpu" needs CUDA."""
+
+    name = "dali"
+
+    def __init__(self, spec: Preprocessing, *, threads: int = 2, max_pixels: int = 64_000_000, device: str = "cpu",
+                 batch_size: int = 64, device_id: int = 0, hw_decoder_load: float | None = None):
+        from .._deps import require
+        from ..errors import OctbatchError
+
+        if device not in DEVICES:
+            raise OctbatchError(f"unknown DALI device {device!r}", f"Use one of {', '.join(DEVICES)}.")
+        require("nvidia.dali", purpose="--decoder dali")
+        if device == "gpu" and cuda_device_count() < 1:
+            raise OctbatchError("the DALI GPU decoder needs a CUDA GPU and none is visible",
+                                "Run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --decoder cpu.")
+        self.spec = spec
+        self.device = device
+        self.threads = max(1, int(threads))
+        self.max_pixels = max_pixels
+        self.batch_size = max(1, int(batch_size))
+        self.device_id = device_id
+        env_load = os.environ.get("OCTBATCH_DALI_HW_DECODER_LOAD")
+        self.hw_decoder_load = float(hw_decoder_load if hw_decoder_load is not None else env_load or 0.75)
+        # Reading and header parsing are I/O plus microseconds of CPU: a small pool hides file latency.
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-dali-read") if self.threads > 1 else None
+        self._host_slot = _Slot()
+        # Two device-output pipelines used in turn: batch k's output stays valid (its slot is locked
+        # until release) while the other pipeline decodes batch k+1 and the consumer runs batch k.
+        self._device_slots = (_Slot(), _Slot())
+        self._next_device_slot = 0
+        self.stats = {"dali_files": 0, "cpu_files": 0, "failed_runs": 0, "recovered_files": 0, "rebuilds": 0, "builds": 0}
+        # Build the host pipeline now so a broken DALI install (or no GPU for "mixed") fails here, at start.
+        self._pipe(self._host_slot, "uint8", self.batch_size)
+
+    # -- pipelines -----------------------------------------------------------------------------
+    def _pipe(self, slot: _Slot, output: str, n: int):
+        if slot.pipe is None or n > slot.batch_size:
+            from ..errors import OctbatchError
+
+            slot.pipe = None
+            size = max(n, self.batch_size, slot.batch_size)
+            try:
+                slot.pipe = build_pipeline(self.spec, device=self.device, batch_size=size, threads=self.threads,
+                                           device_id=self.device_id, output=output, hw_decoder_load=self.hw_decoder_load)
+            except RuntimeError as exc:
+                raise OctbatchError(f"could not build the DALI {self.device} pipeline: {str(exc).strip().splitlines()[0][:300]}",
+                                    "Check the DALI install (pip install 'octbatch[dali]') and, for the GPU decoder, the NVIDIA driver; or use --decoder cpu.") from exc
+            slot.batch_size = size
+            self.stats["builds"] += 1
+        return slot.pipe
+
+    def _run(self, slot: _Slot, output: str, items: list):
+        pipe = self._pipe(slot, output, len(items))
+        (out,) = pipe.run(
+            encoded=[np.frombuffer(t.data, np.uint8) for t in items],
+            roi_start=[t.roi[0] for t in items],
+            roi_end=[t.roi[1] for t in items],
+        )
+        return out
+
+    # -- triage --------------------------------------------------------------------------------
+    def _triage_one(self, path: str) -> "_Item":
+        """Read one file and decide where it is decoded; raises DecodeError for a file that is bad already."""
+        import simplejpeg
+
+        from .cpu import check_pixels
+
+        data = read_bytes(path)
+        if data[:3] != _JPEG_MAGIC:
+            return _Item(data, None, None)  # PNG, TIFF, or not an image at all: the CPU decoder says which
+        try:
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as exc:
+            raise DecodeError(f"corrupt JPEG header: {exc}") from None
+        check_pixels(w, h, self.max_pixels)
+        if colorspace.upper() in ("CMYK", "YCCK"):
+            return _Item(data, None, None)  # DALI's GRAY conversion of CMYK differs from Pillow's
+        if not data[-64:].rstrip(_TRAILING_PAD).endswith(_EOI):
+            return _Item(data, None, None)  # truncated (or extra data after EOI): the strict CPU decode decides
+        left, top, right, bottom = crop_box(w, h, self.spec)
+        roi = (np.array([top, left], np.float32), np.array([bottom, right], np.float32))
+        return _Item(data, roi, (w, h))
+
+    def _triage(self, paths: Sequence[str]):
+        n = len(paths)
+        items: list = [None] * n
+        errors: list = [None] * n
+
+        def work(i: int) -> None:
+            try:
+                items[i] = self._triage_one(paths[i])
+            except DecodeError as exc:
+                errors[i] = str(exc)
+            except MemoryError:
+                errors[i] = "out of memory while reading"
+            except Exception as exc:  # noqa: BLE001 - one file must never fail its batch
+                errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+
+        if self._pool is None or n < 2:
+            for i in range(n):
+                work(i)
+        else:
+            list(self._pool.map(work, range(n)))
+        return items, errors
+
+    def _cpu_decode(self, rows: list, items: list, images: np.ndarray, sizes: list, errors: list) -> list:
+        """decode_image (the CPU decoder's function) for `rows`; returns the rows that decoded."""
+        from .cpu import decode_image
+
+        good = []
+
+        def work(i: int) -> None:
+            try:
+                images[i], sizes[i] = decode_image(items[i].data, self.spec, max_pixels=self.max_pixels)
+                good.append(i)
+            except DecodeError as exc:
+                errors[i] = str(exc)
+            except MemoryError:
+                errors[i] = "out of memory while decoding"
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+
+        if self._pool is None or len(rows) < 2:
+            for i in rows:
+                work(i)
+        else:
+            list(self._pool.map(work, rows))
+        return sorted(good)
+
+    def _decode(self, paths: Sequence[str], slot: _Slot, output: str):
+        """Shared by both entry points: (DALI output or None, rows it holds, cpu rows, images, sizes, errors)."""
+        n = len(paths)
+        items, errors = self._triage(paths)
+        images = np.empty((n, self.spec.height, self.spec.width), np.uint8)
+        sizes: list = [None] * n
+        dali_rows = [i for i in range(n) if errors[i] is None and items[i].roi is not None]
+        cpu_rows = [i for i in range(n) if errors[i] is None and items[i].roi is None]
+        if cpu_rows:
+            cpu_rows = self._cpu_decode(cpu_rows, items, images, sizes, errors)
+            self.stats["cpu_files"] += len(cpu_rows)
+        out = None
+        if dali_rows:
+            try:
+                out = self._run(slot, output, [items[i] for i in dali_rows])
+            except RuntimeError:
+                # One bad sample fails DALI's whole batch: find it on the CPU, keep the rest.
+                self.stats["failed_runs"] += 1
+                survivors = self._cpu_decode(dali_rows, items, images, sizes, errors)
+                self.stats["recovered_files"] += len(survivors)
+                dali_rows = survivors
+                if dali_rows:
+                    try:
+                        out = self._run(slot, output, [items[i] for i in dali_rows])
+                    except RuntimeError:
+                        # DALI refuses a file the CPU decodes: use the CPU images, start afresh next time.
+                        slot.pipe = None
+                        self.stats["rebuilds"] += 1
+                        cpu_rows = sorted(cpu_rows + dali_rows)
+                        dali_rows = []
+            for i in dali_rows:
+                sizes[i] = items[i].size
+            self.stats["dali_files"] += len(dali_rows)
+        return out, dali_rows, cpu_rows, images, sizes, errors
+
+    # -- the Decoder contract ----------------------------------------------------------------
+    def decode_batch(self, paths: Sequence[str]) -> DecodedBatch:
+        with self._host_slot.lock:
+            out, dali_rows, _, images, sizes, errors = self._decode(paths, self._host_slot, "uint8")
+            if out is not None and dali_rows:
+                if self.device == "gpu":
+                    out = out.as_cpu()
+                images[dali_rows] = out.as_array()[..., 0]
+        return DecodedBatch(images, sizes, errors)
+
+    def decode_batch_device(self, paths: Sequence[str]) -> DeviceBatch:
+        """Decode to normalised float32 NCHW model input left in DALI's output memory (GPU memory on
+        device="gpu": the TensorRT handoff, no host copy). Blocks while the pipeline it needs still
+        holds a batch that has not been released. On device="cpu" the pointer is host memory (tests)."""
+        slot = self._device_slots[self._next_device_slot]
+        self._next_device_slot ^= 1
+        slot.lock.acquire()
+        handed_over = False
+        try:
+            out, dali_rows, cpu_rows, images, sizes, errors = self._decode(paths, slot, "float")
+            if out is None or not dali_rows:
+                return DeviceBatch(len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors)
+            tensor = out.as_tensor()  # dense: every sample has the model's shape
+            batch = DeviceBatch(len(paths), int(tensor.data_ptr()), dali_rows, cpu_rows, images[cpu_rows], sizes, errors,
+                                _release=slot.lock.release, _keep=(out, tensor))
+            handed_over = True
+            return batch
+        finally:
+            if not handed_over:
+                slot.lock.release()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._host_slot.pipe = None
+        for s in self._device_slots:
+            s.pipe = None
+
+    def __enter__(self) -> "DaliDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class _Item:
+    data: bytes
+    roi: tuple | None  # None: decode this file on the CPU
+    size: tuple | None
