@@ -29,8 +29,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (see octbatch/ray_executor.py)
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def make_linked_archive(root: Path, n: int) -> Path:
@@ -63,6 +61,7 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
     import octbatch.executors as executors
     from octbatch.config import RunConfig
     from octbatch.pipeline import run
+    from octbatch.ray_executor import start_local_ray
 
     made = []
     real = executors.make_executor
@@ -79,7 +78,7 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
                         executor="local" if mode == "local" else "ray", workers=2 if mode != "local" else None,
                         gpus_per_worker=-1.0)
         if mode == "ray-running" and not ray.is_initialized():
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            start_local_ray(os.cpu_count())
         if mode == "ray-start" and ray.is_initialized():
             ray.shutdown()
         t0 = time.perf_counter()
@@ -106,9 +105,11 @@ class NoopActor:
     def ready(self):
         return self.name
 
-    def process(self, shard, parts_dir):
+    def process(self, packed, parts_dir):
+        from octbatch.ray_executor import unpack_shard
         from octbatch.worker import ShardSummary
 
+        shard = unpack_shard(packed)  # what a real actor pays before its first decode
         return ShardSummary(shard.id, len(shard), len(shard), 0, 0.0, "", self.name)
 
 
@@ -116,13 +117,14 @@ def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) ->
     import ray
 
     from octbatch.archive import FileEntry
-    from octbatch.ray_executor import RayExecutor
+    from octbatch.ray_executor import RayExecutor, pack_shard, start_local_ray
     from octbatch.shards import Shard
     from octbatch.worker import WorkerConfig
 
-    entries = [FileEntry(f"CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg", f"/archive/CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg",
-                         48_000 + i, 1_700_000_000_000_000_000 + i, "CNV", str(100000 + i // 10), i) for i in range(shard_files)]
-    pickled = len(pickle.dumps(Shard("x" * 20, entries), protocol=5))
+    entries = [FileEntry(f"CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg",
+                         f"/archive/CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg", 48_000 + i, 1_700_000_000_000_000_000 + i)
+               for i in range(shard_files)]
+    pickled = len(pickle.dumps(pack_shard(Shard("x" * 20, entries)), protocol=5))
 
     def shards():
         for k in range(n_shards):
@@ -131,7 +133,7 @@ def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) ->
     if ray.is_initialized():
         ray.shutdown()
     # Logical CPUs beyond the 2 real ones, so that `workers` no-op actors fit (they hardly run).
-    ray.init(address="local", num_cpus=max(2, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(max(2, workers))
     try:
         ex = RayExecutor(workers=workers, gpus_per_worker=0, inflight_per_worker=inflight, _actor_class=NoopActor)
         done = [0]
@@ -162,6 +164,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--shards", type=int, default=2000, help="no-op shards for the driver measurement")
+    ap.add_argument("--driver-only", action="store_true", help="only the no-op driver measurement")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
 
@@ -176,8 +179,9 @@ def main() -> None:
         archive = make_linked_archive(tmp / "archive", args.scans)
         model, model_desc = pick_model(tmp)
         runs = []
-        end_to_end(archive, model, tmp, "local", args.shard_size)  # warm-up: page cache, imports
-        for _ in range(args.repeats):
+        if not args.driver_only:
+            end_to_end(archive, model, tmp, "local", args.shard_size)  # warm-up: page cache, imports
+        for _ in range(0 if args.driver_only else args.repeats):
             for mode in ("local", "ray-start", "ray-running"):
                 r = end_to_end(archive, model, tmp, mode, args.shard_size)
                 runs.append(r)
@@ -188,6 +192,12 @@ def main() -> None:
             shutdown_s = time.perf_counter() - t
         else:
             shutdown_s = None
+        from octbatch.archive import discover
+        from octbatch.shards import make_shards
+
+        t = time.perf_counter()
+        n_disc = sum(len(sh) for sh in make_shards(discover(str(archive)), 2048))
+        discovery_files_per_s = n_disc / (time.perf_counter() - t)  # page cache warm: the driver's own ceiling
         drivers = []
         for workers, inflight in ((2, 2), (8, 2)):
             d = driver_cost(args.shards, 2048, workers, inflight)
@@ -206,6 +216,7 @@ def main() -> None:
         "model": model_desc, "scans": args.scans, "shard_size": args.shard_size, "repeats": args.repeats,
         "median": {m: {k: med(m, k) for k in ("wall_s", "files_per_s", "startup_s", "steady_files_per_s", "init_s")} for m in ("local", "ray-start", "ray-running")},
         "ray_shutdown_s": shutdown_s,
+        "discovery_files_per_s": discovery_files_per_s,
         "driver": drivers,
         "runs": runs,
     }

@@ -195,7 +195,8 @@ def synth(directory, n, seed, no_broken):
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the shipped model's].")
 @click.option("--seed", type=int, default=0)
 @click.option("--threads", type=int, default=0)
-def train(data_dir, out, epochs, seed, threads):
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Also write metrics.json and confusion-matrix PNGs here (e.g. engines/).")
+def train(data_dir, out, epochs, seed, threads, report_dir):
     """Train a classifier on labelled scans (needs the `train` extra: torch) and export it to ONNX."""
     from .train import train as train_model
 
@@ -204,6 +205,8 @@ def train(data_dir, out, epochs, seed, threads):
         kw["epochs"] = epochs
     if threads:
         kw["threads"] = threads
+    if report_dir:
+        kw["report_dir"] = report_dir
     metrics = train_model(data_dir, out, **kw)
     click.echo(json.dumps(metrics, indent=1, default=str))
 

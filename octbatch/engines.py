@@ -50,6 +50,7 @@ __all__ = [
     "engine_cache_dir",
     "parse_batch_profile",
     "sample_entries",
+    "split_sample",
     "calibration_hash",
     "iter_scan_batches",
     "accuracy_guard",
@@ -253,6 +254,25 @@ def sample_entries(archive: str | os.PathLike, n: int) -> list:
         return entries
     idx = np.unique(np.linspace(0, len(entries) - 1, n).round().astype(int))
     return [entries[i] for i in idx]
+
+
+def split_sample(archive: str | os.PathLike, n_calib: int, n_guard: int) -> tuple[list, list]:
+    """Disjoint (calibration, guard) samples from one archive, each spread evenly over it, so the
+    guard judges int8 on scans it was not calibrated on. The guard sample is empty when the
+    calibration sample takes every file."""
+    from .archive import discover
+
+    entries = list(discover(archive))
+    if not entries:
+        raise OctbatchError(f"no images found under {archive}", "Point --calib at a folder of scans.")
+    if n_calib >= len(entries):
+        return entries, []
+    idx = np.unique(np.linspace(0, len(entries) - 1, n_calib).round().astype(int))
+    taken = set(idx.tolist())
+    rest = [e for i, e in enumerate(entries) if i not in taken]
+    if n_guard < len(rest):
+        rest = [rest[i] for i in np.unique(np.linspace(0, len(rest) - 1, n_guard).round().astype(int))]
+    return [entries[i] for i in idx], rest
 
 
 def calibration_hash(entries: Sequence) -> str:
@@ -499,8 +519,16 @@ def build_engine(
         )
     if precision == "int8" and not calib:
         raise OctbatchError("int8 needs calibration scans", "Pass --calib ARCHIVE (a folder of real scans; a few hundred are enough).")
-    calib_entries = sample_entries(calib, calib_size) if calib else None
-    guard_entries = sample_entries(guard_archive, guard_size) if guard_archive else (calib_entries[:guard_size] if calib_entries else None)
+    calib_entries = guard_entries = None
+    if calib:
+        calib_entries, held_out = split_sample(calib, calib_size, guard_size)
+        guard_entries = held_out
+    if guard_archive:
+        guard_entries = sample_entries(guard_archive, guard_size)
+    elif calib_entries and not guard_entries:
+        log("note: every --calib scan was used for calibration, so the accuracy guard compares on those same scans "
+            "(in-sample); pass --guard-archive or a larger --calib archive for held-out scans")
+        guard_entries = calib_entries[:guard_size]
     cache = Path(cache_dir) if cache_dir else engine_cache_dir()
 
     kw = dict(info=info, backend=backend, profile=profile, calib=calib, calib_entries=calib_entries, guard_entries=guard_entries,
@@ -573,6 +601,7 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
             log(f"accuracy guard: comparing {precision} engine with the source model (ONNX Runtime fp32) on {len(guard_entries)} scans")
             g = accuracy_guard(info, backend, str(tmp_engine), precision, guard_entries, batch=min(profile[2], 64))
             g["min_agreement"] = min_agreement
+            g["held_out"] = not calib_entries or not ({e.abspath for e in guard_entries} & {e.abspath for e in calib_entries})
             g["passed"] = g["agreement"] >= min_agreement
             fp["guard"] = g
             log(_guard_line(g))
@@ -585,10 +614,15 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
                     )
                 g["forced"] = bool(force)
                 log(f"warning: {precision} engine is below the agreement threshold; kept" + (" (--force)" if force else ""))
+            if precision == "int8" and backend == "onnxruntime":
+                _int8_speed_check(info, str(tmp_engine), guard_entries, profile[1], g, log)
         else:
             fp["guard"] = None
             log("accuracy guard skipped: no scans given (pass --guard-archive DIR or --calib ARCHIVE)")
         _write_json(sidecar_path(tmp_engine), fp)
+        if engine.exists() and sidecar_path(engine).exists():  # an identical concurrent build finished first
+            log(f"cache hit: {engine} (an identical build finished first)")
+            return BuildResult(str(engine), backend, precision, True, read_fingerprint(engine))
         if final_dir.exists():  # leftover of an interrupted build (no complete engine + sidecar)
             shutil.rmtree(final_dir, ignore_errors=True)
         try:
@@ -600,6 +634,27 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
         return BuildResult(str(engine), backend, precision, False, fp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _int8_speed_check(info, engine: str, entries, batch: int, g: dict, log: Log) -> None:
+    """int8 is only worth having if it is faster here: time it against the fp32 source model as
+    `run` loads it, on the same batch, and put the verdict into the guard's report."""
+    from .backends.onnxrt import OnnxRuntimeRunner
+
+    x = next((b for b, _ in iter_scan_batches(entries, info.preprocessing, batch)), None)
+    if x is None:
+        return
+    with OnnxRuntimeRunner(info, path=info.path, precision="fp32") as ref, OnnxRuntimeRunner(info, path=engine, precision="int8") as eng:
+        speeds = {"fp32": _throughput(ref, x), "int8": _throughput(eng, x)}
+    ratio = speeds["int8"] / speeds["fp32"]
+    g["img_per_s"] = {k: round(v, 1) for k, v in speeds.items()}
+    g["speed_batch"] = int(len(x))
+    g["faster_than_fp32"] = bool(ratio >= BEST_MIN_SPEEDUP)
+    if g["faster_than_fp32"]:
+        log(f"speed: int8 {speeds['int8']:,.0f} img/s vs fp32 {speeds['fp32']:,.0f} img/s at batch {len(x)} ({ratio:.2f}x)")
+    else:
+        log(f"warning: int8 is NOT faster than fp32 on this machine ({speeds['int8']:,.0f} vs {speeds['fp32']:,.0f} img/s at batch {len(x)}, "
+            f"{ratio:.2f}x): prefer the fp32 engine (--precision best picks for you)")
 
 
 def _guard_line(g: dict) -> str:

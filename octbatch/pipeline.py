@@ -197,7 +197,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         threads = cfg.threads or default_threads()
         wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive)
-        summary.decoder = "dali" if cfg.decoder == "dali" else "cpu"
+        summary.decoder = _decoder_name(cfg.decoder)
 
         discovered: set[int] = set()
         counts = {"discovered": 0, "skipped": 0}
@@ -269,6 +269,14 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     return summary
 
 
+def _decoder_name(choice: str) -> str:
+    if choice == "auto":
+        from .decode.dali import gpu_available
+
+        return "dali" if gpu_available() else "cpu"
+    return choice
+
+
 def _check_same(prev: dict, now: dict, out: str, *, what: str) -> None:
     ps, ns = prev.get("settings") or {}, now["settings"]
     diffs = [k for k in ("model_sha256", "classes", "preprocessing") if ps.get(k) != ns.get(k)]
@@ -294,6 +302,7 @@ def _worker_config(cfg, model, overrides, backend, engine_path, precision, threa
         engine_path=engine_path,
         precision=precision,
         decoder=cfg.decoder,
+        device="auto",  # DALI decodes on the GPU when there is one
         batch_size=cfg.batch_size,
         decode_threads=threads,
         infer_threads=threads,

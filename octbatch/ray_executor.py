@@ -25,9 +25,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
+import re
 import sys
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,7 @@ from .errors import OctbatchError
 from .executors import Executor, ExecutorResult, ShardFailure
 from .worker import ShardSummary, ShardWorker, WorkerConfig
 
-__all__ = ["RayExecutor", "ShardActor", "plan_workers", "WorkerPlan"]
+__all__ = ["RayExecutor", "ShardActor", "plan_workers", "WorkerPlan", "pack_shard", "unpack_shard", "start_local_ray"]
 
 # A local Ray binds to the machine's routable IP on Linux unless this is off; read when ray is
 # imported (ray._private.ray_constants) and inherited by the raylet and every worker it starts.
@@ -51,8 +54,33 @@ class ShardActor:
     def ready(self) -> str:
         return self.worker.name
 
-    def process(self, shard, parts_dir: str) -> ShardSummary:
-        return self.worker.process(shard, parts_dir)
+    def process(self, packed: tuple, parts_dir: str) -> ShardSummary:
+        return self.worker.process(unpack_shard(packed), parts_dir)
+
+
+def pack_shard(shard) -> tuple:
+    """A shard as (id, root, zlib(pickle(columns))): ~30x cheaper for the driver to serialize than a
+    list of FileEntry objects (0.25 ms instead of 7 ms for 2,048 files), and small enough for Ray
+    to send inline with the call instead of through the object store."""
+    entries = shard.entries
+    root = ""
+    if entries and entries[0].abspath.endswith(entries[0].path):
+        root = entries[0].abspath[: len(entries[0].abspath) - len(entries[0].path)]
+    paths = [e.path for e in entries]
+    # abspath is root + path except for names that are not valid UTF-8 (path shows them escaped).
+    odd = {i: e.abspath for i, e in enumerate(entries) if e.abspath != root + e.path}
+    cols = (paths, [e.size for e in entries], [e.mtime_ns for e in entries], odd)
+    return shard.id, root, zlib.compress(pickle.dumps(cols, protocol=5), 1)
+
+
+def unpack_shard(packed: tuple):
+    from .archive import FileEntry
+    from .shards import Shard
+
+    shard_id, root, blob = packed
+    paths, sizes, mtimes, odd = pickle.loads(zlib.decompress(blob))
+    entries = [FileEntry(p, odd.get(i) or root + p, sz, mt) for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))]
+    return Shard(shard_id, entries)
 
 
 @dataclass(frozen=True)
@@ -138,8 +166,6 @@ class RayExecutor(Executor):
     # -- Ray session ----------------------------------------------------------------------------
     def _connect(self):
         """Returns (ray module, whether this call started Ray and so must shut it down)."""
-        if self.address is None:
-            os.environ.setdefault(_LOOPBACK_ENV, "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
         from ._deps import require
 
@@ -147,25 +173,7 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return ray, False  # a notebook or a test already connected: use it, leave it running
         if self.address is None:
-            # The flag is read when ray is imported; if that happened before it was set, set its
-            # constant for the start-up only (a later join of a real cluster must see it unchanged).
-            from ray._private import ray_constants
-
-            saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-            if os.environ.get(_LOOPBACK_ENV) == "0" and saved is not None:
-                ray_constants.ENABLE_RAY_CLUSTER = False
-            try:
-                ray.init(
-                    address="local",
-                    num_cpus=self.num_cpus or _cpu_count(),
-                    include_dashboard=False,
-                    object_store_memory=256 * 1024 * 1024,  # only summaries travel through it
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                )
-            finally:
-                if saved is not None:
-                    ray_constants.ENABLE_RAY_CLUSTER = saved
+            start_local_ray(self.num_cpus)
             return ray, True
         try:
             ray.init(address=self.address, logging_level=logging.WARNING)
@@ -245,7 +253,7 @@ class RayExecutor(Executor):
                     job = next_job()
                     if job is None:
                         return
-                    ref = slot.handle.process.remote(job.shard, parts_dir)
+                    ref = slot.handle.process.remote(pack_shard(job.shard), parts_dir)
                     slot.queue.append(ref)
                     inflight[ref] = (slot, job)
                     st["shards"] += 1
@@ -332,7 +340,7 @@ class RayExecutor(Executor):
                     raise OctbatchError(f"Ray cannot place an octbatch worker: {_first_line(exc)}",
                                         "Lower --gpus-per-worker or --workers to fit the cluster (`ray status`).") from None
                 except (RayActorError, GetTimeoutError, RayError) as exc:
-                    replace(slot, f"{type(exc).__name__}: {_first_line(exc)}")
+                    replace(slot, f"{type(exc).__name__}: {_first_line(exc)}")  # the process or its node is gone
                     continue
                 inflight.pop(ref)
                 if job is None:  # ready()
@@ -356,9 +364,48 @@ class RayExecutor(Executor):
         st["last_death"] = last_death
 
 
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start a private Ray for this process: loopback only, no dashboard, quiet, small object store.
+
+    Loopback: the flag is read once when ray is imported (so its constant is set here) and from the
+    environment by the raylet and the workers it spawns. Both are restored after start-up, so that a
+    later join of a real cluster from this process sees them unchanged.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    from ._deps import require
+
+    ray = require("ray", purpose="--executor ray")
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    saved_env = os.environ.get(_LOOPBACK_ENV)
+    os.environ[_LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or _cpu_count(),
+            include_dashboard=False,
+            object_store_memory=256 * 1024 * 1024,  # only shard lists and summaries travel through it
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved_env
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """One line for a Ray error: its headline and, when Ray appends the cause on later lines (the
+    exception raised in the actor's __init__, the worker's exit reason), that last line too."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0][:200] + (f" ... {lines[-1][:300]}" if len(lines) > 1 else "")
+    return text
 
 
 def _resources(ray) -> str:

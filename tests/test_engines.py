@@ -162,6 +162,14 @@ def test_calibration_batches_have_the_model_input_shape(archive, tiny_model):
     assert len(few) == 8 and {e.label for e in few} >= set(CLASSES)
 
 
+def test_calibration_and_guard_samples_are_disjoint(archive):
+    calib, guard = engines.split_sample(archive, 10, 8)
+    assert len(calib) == 10 and len(guard) == 8
+    assert not {e.path for e in calib} & {e.path for e in guard}
+    calib, guard = engines.split_sample(archive, 100, 8)
+    assert len(calib) == 27 and guard == []
+
+
 def test_calibration_hash_follows_the_files(archive, tmp_path):
     import shutil
 
@@ -218,6 +226,10 @@ def test_int8_engine_guard_numbers_and_run(tmp_path, cache, archive, tiny_model)
     res = json.loads(r.stdout)
     g = res["guard"]
     assert g["passed"] and g["n"] == 24 and 0 <= g["max_abs_prob_diff"] < 0.1
+    assert g["held_out"] is False and "in-sample" in r.stderr  # a 27-file archive all went into calibration
+    # The guard also says whether int8 is faster than fp32 here (speed itself is a benchmark, not a test).
+    assert set(g["img_per_s"]) == {"fp32", "int8"} and isinstance(g["faster_than_fp32"], bool)
+    assert ("NOT faster" in r.stderr) == (not g["faster_than_fp32"])
     fp = _fp(out)
     assert fp["precision"] == "int8" and fp["calibration"]["files"] == 27 and len(fp["calibration"]["hash"]) == 64
     import onnx
@@ -353,6 +365,17 @@ def test_engine_modules_stay_light():
 
 # --------------------------------------------------------------------------- real scans, shipped model
 
+def test_shipped_model_fp32_engine_runs(tmp_path, cache, archive, shipped_model):
+    out = tmp_path / "oct4.fp32.onnx"
+    r = invoke("build-engine", shipped_model, "--backend", "onnxruntime", "--out", out, "--guard-archive", archive, "--guard-size", 16)
+    assert r.exit_code == 0, r.output
+    assert _fp(out)["guard"]["agreement"] == 1.0 and _fp(out)["model"]["classes"] == list(CLASSES)
+    run = invoke("run", archive, "--engine", out, "-o", tmp_path / "r.parquet", "-q")
+    assert run.exit_code == 3, run.output
+    t = pq.read_table(tmp_path / "r.parquet")
+    assert t.num_rows == 27 and set(t.column("precision").to_pylist()) == {"fp32"}
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_int8_guard_on_real_scans_with_the_shipped_model(tmp_path, cache, shipped_model):
@@ -362,6 +385,7 @@ def test_int8_guard_on_real_scans_with_the_shipped_model(tmp_path, cache, shippe
     g = json.loads(r.stdout)["guard"]
     print("int8 guard on real scans:", g)
     assert g["n"] >= 200 and g["labelled"] == g["n"] and 0.0 <= g["agreement"] <= 1.0
+    assert g["held_out"] is True  # 2400 scans: the guard compares on scans not used for calibration
     assert "accuracy_reference" in g and "accuracy_engine" in g
     run = invoke("run", DATA_DIR, "--engine", tmp_path / "s8.onnx", "-o", tmp_path / "r.parquet", "-q", "--limit", 200)
     assert run.exit_code == 0, run.output

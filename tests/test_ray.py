@@ -55,15 +55,14 @@ def local_table(archive, tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray for the tests below; RayExecutor joins it instead of starting its own."""
-    import os
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
+
+    from octbatch.ray_executor import start_local_ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(num_cpus=2)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield ray
     ray.shutdown()
 
@@ -213,6 +212,44 @@ def test_shard_that_always_fails_is_reported_and_the_rest_completes(archive, tin
     assert all("injected failure" in rows[p]["error"] for p in bad_paths)
     assert_same_table({p: r for p, r in rows.items() if p not in bad_paths},
                       {p: r for p, r in local_table.items() if p not in bad_paths})
+
+
+def test_shards_travel_packed_and_come_back_identical(tmp_path):
+    """The driver sends shards as compressed columns; the actor must rebuild the very same entries,
+    including a name that is not valid UTF-8 (its abspath is not root + path)."""
+    import os
+
+    from octbatch.archive import discover
+    from octbatch.ray_executor import pack_shard, unpack_shard
+    from octbatch.shards import make_shards
+
+    from conftest import jpeg_bytes, scan
+
+    (tmp_path / "CNV").mkdir()
+    for i in range(5):
+        (tmp_path / "CNV" / f"CNV-100-{i}.jpeg").write_bytes(jpeg_bytes(scan(i, 64, 64)))
+    with open(os.path.join(os.fsencode(tmp_path), b"CNV/odd-\xff.jpeg"), "wb") as f:
+        f.write(jpeg_bytes(scan(9, 64, 64)))
+    shard = next(make_shards(discover(str(tmp_path)), 100))
+    assert len(shard) == 6 and any(e.abspath != str(tmp_path) + "/" + e.path for e in shard.entries)
+    back = unpack_shard(pack_shard(shard))
+    assert back.id == shard.id and back.entries == shard.entries
+
+
+def test_worker_plan_one_actor_per_gpu_and_cpu_slots_otherwise():
+    from octbatch.errors import OctbatchError
+    from octbatch.ray_executor import WorkerPlan, plan_workers
+
+    # A CPU-only head and two 8-GPU nodes: 16 actors, 1 GPU and the GPU nodes' 2 CPUs per GPU each.
+    nodes = [{"CPU": 64.0}, {"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
+    cluster = {"CPU": 96.0, "GPU": 16.0}
+    assert plan_workers(cluster, nodes, workers=None, gpus_per_worker=-1.0) == WorkerPlan(16, 1.0, 2)
+    assert plan_workers(cluster, nodes, workers=4, gpus_per_worker=0.5) == WorkerPlan(4, 0.5, 1)
+    # No GPUs: CPU actors, one per 2 CPUs unless --workers says otherwise.
+    assert plan_workers({"CPU": 8.0}, [{"CPU": 8.0}], workers=None, gpus_per_worker=-1.0) == WorkerPlan(4, 0.0, 2)
+    assert plan_workers({"CPU": 2.0}, [{"CPU": 2.0}], workers=2, gpus_per_worker=-1.0) == WorkerPlan(2, 0.0, 1)
+    with pytest.raises(OctbatchError, match="has no GPUs"):
+        plan_workers({"CPU": 8.0}, [{"CPU": 8.0}], workers=None, gpus_per_worker=1.0)
 
 
 def test_executor_ray_without_ray_installed_says_how_to_install(archive, tiny_model, tmp_path, monkeypatch):

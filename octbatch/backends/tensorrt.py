@@ -275,11 +275,11 @@ class TensorRTRunner(Runner):
         if n > self.max_batch:
             raise ValueError(f"batch of {n} is over the engine's profile maximum {self.max_batch}")
         out = self._run(input_ptr, n, self._stream if stream is None else stream)
-        # Same output contract as infer(): softmax for logits models.
-        from .base import softmax
+        # Same output contract as Runner.infer(): softmax for logits models.
+        from .base import _looks_like_probs, softmax
 
         kind = self.model.output_kind
-        return softmax(out) if kind in ("logits", "auto") and not np.allclose(out.sum(axis=1), 1.0, atol=1e-3) else out
+        return softmax(out) if kind == "logits" or (kind == "auto" and not _looks_like_probs(out)) else out
 
     def _close(self) -> None:
         cudart = getattr(self, "_cudart", None)

@@ -13,7 +13,16 @@ def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_
     """Build a decoder by name. Heavy libraries load here, not at import."""
     from ..errors import OctbatchError
 
-    if name in ("auto", "cpu"):
+    if name == "auto":
+        # DALI with the GPU's hardware decoder when there is one, else the fastest CPU decoder measured.
+        from .dali import gpu_available
+
+        if gpu_available():
+            from .dali import DaliDecoder
+
+            return DaliDecoder(spec, threads=threads, max_pixels=max_pixels, device="gpu")
+        name = "cpu"
+    if name == "cpu":
         from .cpu import CpuDecoder
 
         return CpuDecoder(spec, threads=threads, max_pixels=max_pixels)

@@ -177,7 +177,8 @@ class _Slot:
 
 
 class DaliDecoder:
-    """The Decoder contract on DALI. device="cpu" runs anywhere DALI installs; device="gpu" needs CUDA."""
+    """The Decoder contract on DALI. device="cpu" runs anywhere DALI installs; device="gpu" needs CUDA;
+    device="auto" is "gpu" when `gpu_available()`, else "cpu"."""
 
     name = "dali"
 
@@ -186,8 +187,10 @@ class DaliDecoder:
         from .._deps import require
         from ..errors import OctbatchError
 
+        if device == "auto":  # the GPU when one is visible, else DALI's CPU operators
+            device = "gpu" if gpu_available() else "cpu"
         if device not in DEVICES:
-            raise OctbatchError(f"unknown DALI device {device!r}", f"Use one of {', '.join(DEVICES)}.")
+            raise OctbatchError(f"unknown DALI device {device!r}", f"Use one of auto, {', '.join(DEVICES)}.")
         require("nvidia.dali", purpose="--decoder dali")
         if device == "gpu" and cuda_device_count() < 1:
             raise OctbatchError("the DALI GPU decoder needs a CUDA GPU and none is visible",
