@@ -108,7 +108,8 @@ def main() -> None:
                                 min_agreement=0.0, cache_dir=cache, log=log)
     t_int8 = time.perf_counter() - t0
 
-    entries = engines.sample_entries(args.scans, args.n)
+    # Held-out scans: the ones int8 was NOT calibrated on (as the build's accuracy guard uses).
+    entries = engines.split_sample(args.scans, args.calib_size, args.n)[1] or engines.sample_entries(args.scans, args.n)
     x = np.concatenate([b for b, _ in engines.iter_scan_batches(entries, info.preprocessing, 64)])
     variants = {
         "fp32, unoptimized (ORT_DISABLE_ALL)": session(model, False, args.threads),
@@ -148,7 +149,7 @@ def main() -> None:
 
     base = "fp32, source model (what `run` loads: ORT_ENABLE_ALL at load)"
     lines = [
-        f"Model: {model_note}. {len(x)} real scans from `{args.scans}` (decoded by octbatch), {args.threads} threads, "
+        f"Model: {model_note}. {len(x)} real scans from `{args.scans}` (decoded by octbatch; not the int8 calibration scans), {args.threads} threads, "
         f"median of {args.repeats} interleaved repeats after warm-up. onnxruntime {ort.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}, CPU {engines.cpu_facts()['cpu']} ({', '.join(engines.cpu_facts()['isa'][-4:])}).",
         f"Build times: fp32 optimized {t_fp32:.1f} s, int8 (calibration on {args.calib_size} scans) {t_int8:.1f} s.",

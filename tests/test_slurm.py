@@ -145,3 +145,35 @@ def test_submit_refuses_a_missing_archive_without_submitting(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert "is not a folder" in done.stderr
+
+
+@pytest.mark.ray
+def test_ray_on_slurm_job_runs_octbatch_on_the_ray_cluster_it_starts(slurm_cluster, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or not (OCTBATCH.parent / "ray").exists():
+        pytest.skip("ray is not installed: pip install 'octbatch[cluster]'")
+    from octbatch.synth import make_archive
+
+    env = slurm_cluster
+    archive = tmp_path / "archive"
+    make_archive(archive, 60)
+    model = tiny_classifier(tmp_path / "tiny.onnx", size=32)
+    plain = tmp_path / "plain.parquet"
+    subprocess.run([str(OCTBATCH), "run", str(archive), "--out", str(plain), "--model", model, "-q"], check=False)
+    out = tmp_path / "ray.parquet"
+    log = tmp_path / "ray-job.out"
+    # One node only here, so the head alone forms the cluster; on loopback, on a port outside
+    # Ray's worker port range. The script's GPU request is lifted with --gres=none.
+    exports = f"ALL,OCTBATCH_ARCHIVE={archive},OCTBATCH_OUT={out},OCTBATCH_MODEL={model},OCTBATCH_BIN={OCTBATCH}," \
+              f"RAY_HEAD_IP=127.0.0.1,RAY_PORT={_free_port()}"
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", f"--cpus-per-task={min(2, os.cpu_count() or 1)}", "--gres=none",
+                          "--time=00:05:00", f"--output={log}", f"--export={exports}", str(SLURM / "octbatch-ray.sbatch")],
+                         env=env, capture_output=True, text=True)
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip().split(";")[0]
+    _wait([job_id], env, tmp_path)
+    text = log.read_text() if log.exists() else "(no log)"
+    assert _job_state(job_id, env) == ("COMPLETED", "0:0"), text
+    assert '"executor": "ray"' in text, text
+    _compare(plain, out)

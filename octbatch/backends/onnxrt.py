@@ -10,12 +10,17 @@ from .base import Runner
 __all__ = ["OnnxRuntimeRunner", "make_session"]
 
 
-def make_session(path: str, *, threads: int = 0, optimize: bool = True):
-    """An ORT CPU session. threads=0 lets ORT pick (one per core)."""
+def make_session(path: str, *, threads: int = 0, optimize: bool = True, spinning: bool = False):
+    """An ORT CPU session. threads=0 lets ORT pick (one per core).
+
+    spinning=False: ORT's idle intra-op threads would otherwise busy-wait for the next batch and
+    steal the cores that decode the next batch meanwhile (measured: BENCHMARKS.md, "ORT spinning")."""
     ort = require("onnxruntime", purpose="the ONNX Runtime backend")
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
