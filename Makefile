@@ -32,7 +32,7 @@ demo: install
 	@if [ -d "$(SHARED_DATA)" ]; then \
 	  echo "demo: classifying the real OCT2017 sample in $(SHARED_DATA)"; archive="$(SHARED_DATA)"; \
 	else \
-	  echo "demo: $(SHARED_DATA) not found; generating a synthetic archive of 500 OCT-like scans (+3 broken files) in $(DEMO_OUT)/archive"; \
+	  echo "demo: $(SHARED_DATA) not found; generating a synthetic archive of 500 OCT-like scans (+3 broken files) in $(DEMO_OUT)/archive (cartoons: the shipped model was trained on real scans, so its predictions here mean nothing)"; \
 	  [ -d $(DEMO_OUT)/archive ] || $(BIN)/octbatch synth $(DEMO_OUT)/archive --n 500; archive="$(DEMO_OUT)/archive"; \
 	fi; \
 	$(BIN)/octbatch run "$$archive" --out $(DEMO_OUT)/results.parquet --overwrite -v; rc=$$?; \

@@ -742,10 +742,14 @@ def _child_ray_data(spec: dict) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         files = _list_images(spec["archive"])
         t0 = time.perf_counter()
-        ds = ray.data.read_binary_files(files, include_paths=True)
+        # One actor per core, as the batch-inference guide does. Their CPU shares leave room for the
+        # read and write tasks: with whole CPUs per actor, the actors take every CPU and the read
+        # task never gets scheduled (a hang, seen here on 2 cores).
+        ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0.25)
         ds = ds.map_batches(_RayPredictor, fn_constructor_args=(model.path, model.preprocessing.to_json(), 1),
-                            batch_size=spec["batch_size"], concurrency=threads, num_cpus=1, batch_format="numpy")
-        ds.write_parquet(spec["out"])
+                            batch_size=spec["batch_size"], compute=ray.data.ActorPoolStrategy(size=threads),
+                            num_cpus=(threads - 0.5) / threads, batch_format="numpy")
+        ds.write_parquet(spec["out"], ray_remote_args={"num_cpus": 0.25})
         dt = time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -22,7 +22,7 @@ def _log(quiet: bool):
 @click.option("--batch", "batch", default="1:64:128", help="Batch profile MIN:OPT:MAX (TensorRT optimizes for OPT).")
 @click.option("--calib", type=click.Path(file_okay=False), help="Archive of real scans for int8 calibration (and the guard).")
 @click.option("--calib-size", type=int, default=256, help="Calibration scans, spread over the archive.")
-@click.option("--guard-archive", type=click.Path(file_okay=False), help="Scans for the accuracy guard [default: the --calib sample].")
+@click.option("--guard-archive", type=click.Path(file_okay=False), help="Scans for the accuracy guard [default: --calib scans not used for calibration].")
 @click.option("--guard-size", type=int, default=256, help="Scans the accuracy guard compares on.")
 @click.option("--min-agreement", type=float, default=0.99, help="int8 engines agreeing less often with fp32 are refused.")
 @click.option("--force", is_flag=True, help="Keep an int8 engine that fails the accuracy guard.")

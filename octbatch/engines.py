@@ -121,9 +121,12 @@ def machine_facts(backend: str, *, strict: bool = True) -> dict:
             trt_backend._trt()  # raises the install hint
         try:
             facts.update(trt_backend.cuda_facts())
-        except Exception:  # noqa: BLE001 - no cuda-python, no driver, no GPU
-            if strict:
+        except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver, no GPU
+            if strict and isinstance(exc, OctbatchError):
                 raise
+            if strict:
+                raise OctbatchError(f"TensorRT is installed but no usable CUDA GPU was found ({str(exc)[:200]})",
+                                    "Run on a machine with an NVIDIA GPU and driver, or use --backend onnxruntime.") from exc
             facts.update({"gpu": None, "compute_capability": None, "cuda_runtime": None, "cuda_driver_api": None})
         return facts
     raise OctbatchError(f"unknown backend {backend!r}", "Use onnxruntime or tensorrt.")
@@ -151,7 +154,7 @@ def check_fingerprint(fp: dict, here: dict) -> list[str]:
     built = fp.get("machine", {})
     for key, label in _COMPARED.get(backend, ()):
         if built.get(key) != here.get(key):
-            diffs.append(f"{label}: built with {built.get(key)!r}, this machine has {here.get(key)!r}")
+            diffs.append(f"{label}: built with {_show(built.get(key))}, this machine has {_show(here.get(key))}")
     if backend == "onnxruntime" and fp.get("hardware_specific"):
         missing = sorted(set(built.get("isa", ())) - set(here.get("isa", ())))
         if missing or built.get("arch") != here.get("arch"):
@@ -160,13 +163,17 @@ def check_fingerprint(fp: dict, here: dict) -> list[str]:
     return diffs
 
 
+def _show(value) -> str:
+    return "none" if value is None else repr(value)
+
+
 def describe_mismatch(engine: str, fp: dict, here: dict, diffs: Sequence[str]) -> str:
     built = fp.get("machine", {})
     if fp.get("backend") == "tensorrt":
         def gpu(f):
             cc = f.get("compute_capability")
-            sm = f"sm_{cc.replace('.', '')}" if cc else "no GPU"
-            return f"GPU {f.get('gpu')!r} ({sm}) with TensorRT {f.get('tensorrt') or 'not installed'}"
+            where = f"GPU {f.get('gpu')!r} (sm_{cc.replace('.', '')})" if f.get("gpu") and cc else "no usable GPU"
+            return f"{where} with TensorRT {f.get('tensorrt') or 'not installed'}"
 
         head = f"engine {engine} was built for {gpu(built)}; this machine has {gpu(here)}"
     else:
