@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +25,9 @@ from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
 from .results import atomic_write_parquet, file_metadata, make_schema, read_metadata
 from .shards import RunLock, WorkDir, entry_key, in_slice, make_shards, parse_slice
+
+if TYPE_CHECKING:
+    from .worker import WorkerConfig
 
 __all__ = ["run", "merge", "RunSummary", "Reporter", "NullReporter"]
 
@@ -419,8 +422,6 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
     Refuses when a slice of the N is missing, or when a discovered file has no row, unless
     allow_missing is given.
     """
-    from .model import load_model_info
-
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
     out = os.path.abspath(out)

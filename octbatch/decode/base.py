@@ -6,13 +6,13 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
 from ..preprocess import Preprocessing
 
-__all__ = ["DecodeError", "DecodedBatch", "Decoder", "read_bytes"]
+__all__ = ["DecodeError", "DecodedBatch", "Decoder", "read_bytes", "per_file"]
 
 
 class DecodeError(Exception):
@@ -37,6 +37,28 @@ class Decoder(Protocol):
     def decode_batch(self, paths: Sequence[str]) -> DecodedBatch: ...
 
     def close(self) -> None: ...
+
+
+def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=None) -> None:
+    """Run fn(i) for each row, on `pool` when given; whatever one file raises becomes errors[i]
+    (a message for its row) so that one file never fails its batch."""
+
+    def guarded(i: int) -> None:
+        try:
+            fn(i)
+        except DecodeError as exc:
+            errors[i] = str(exc)
+        except MemoryError:
+            errors[i] = "out of memory while decoding"
+        except Exception as exc:  # noqa: BLE001 - one file must never fail its batch
+            errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+
+    rows = list(rows)
+    if pool is None or len(rows) < 2:
+        for i in rows:
+            guarded(i)
+    else:
+        list(pool.map(guarded, rows))
 
 
 def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..preprocess import Preprocessing, crop_box, dct_min_size
-from .base import DecodedBatch, DecodeError, read_bytes
+from .base import DecodedBatch, DecodeError, per_file, read_bytes
 
 __all__ = ["CpuDecoder", "PillowDecoder", "decode_image", "decode_reference", "check_pixels"]
 
@@ -171,22 +171,9 @@ class _ThreadedDecoder:
         errors: list = [None] * n
 
         def work(i: int) -> None:
-            try:
-                img, size = self._one(paths[i])
-                images[i] = img
-                sizes[i] = size
-            except DecodeError as exc:
-                errors[i] = str(exc)
-            except MemoryError:
-                errors[i] = "out of memory while decoding"
-            except Exception as exc:  # noqa: BLE001 - one file must never fail its batch
-                errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+            images[i], sizes[i] = self._one(paths[i])
 
-        if self._pool is None or n < 2:
-            for i in range(n):
-                work(i)
-        else:
-            list(self._pool.map(work, range(n)))
+        per_file(work, range(n), errors, self._pool)
         return DecodedBatch(images, sizes, errors)
 
     def close(self) -> None:

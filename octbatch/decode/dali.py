@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..preprocess import Preprocessing, crop_box
-from .base import DecodedBatch, DecodeError, read_bytes
+from .base import DecodedBatch, DecodeError, per_file, read_bytes
 
 __all__ = ["DaliDecoder", "DeviceBatch", "build_pipeline", "gpu_available", "cuda_device_count", "DEVICES"]
 
@@ -269,20 +269,9 @@ class DaliDecoder:
         errors: list = [None] * n
 
         def work(i: int) -> None:
-            try:
-                items[i] = self._triage_one(paths[i])
-            except DecodeError as exc:
-                errors[i] = str(exc)
-            except MemoryError:
-                errors[i] = "out of memory while reading"
-            except Exception as exc:  # noqa: BLE001 - one file must never fail its batch
-                errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+            items[i] = self._triage_one(paths[i])
 
-        if self._pool is None or n < 2:
-            for i in range(n):
-                work(i)
-        else:
-            list(self._pool.map(work, range(n)))
+        per_file(work, range(n), errors, self._pool)
         return items, errors
 
     def _cpu_decode(self, rows: list, items: list, images: np.ndarray, sizes: list, errors: list) -> list:
@@ -292,21 +281,10 @@ class DaliDecoder:
         good = []
 
         def work(i: int) -> None:
-            try:
-                images[i], sizes[i] = decode_image(items[i].data, self.spec, max_pixels=self.max_pixels)
-                good.append(i)
-            except DecodeError as exc:
-                errors[i] = str(exc)
-            except MemoryError:
-                errors[i] = "out of memory while decoding"
-            except Exception as exc:  # noqa: BLE001
-                errors[i] = f"decode failed: {type(exc).__name__}: {exc}"
+            images[i], sizes[i] = decode_image(items[i].data, self.spec, max_pixels=self.max_pixels)
+            good.append(i)
 
-        if self._pool is None or len(rows) < 2:
-            for i in rows:
-                work(i)
-        else:
-            list(self._pool.map(work, rows))
+        per_file(work, rows, errors, self._pool)
         return sorted(good)
 
     def _decode(self, paths: Sequence[str], slot: _Slot, output: str):
