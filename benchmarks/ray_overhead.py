@@ -58,7 +58,7 @@ def pick_model(tmp: Path) -> tuple[str, str]:
 def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int) -> dict:
     import ray
 
-    import octbatch.executors as executors
+    from octbatch import executors
     from octbatch.config import RunConfig
     from octbatch.pipeline import run
     from octbatch.ray_executor import start_local_ray

@@ -892,10 +892,13 @@ def _derive(rows: list[dict], cfg: BenchConfig, threads: int, gpu: bool) -> dict
     octb = med(lambda r: r["kind"] == "e2e" and r["name"] == "octbatch run (local)") or med(lambda r: r["kind"] == "e2e")
     d["octbatch_img_s"] = octb
     d["efficiency"] = efficiency(octb, d["combined_ceiling"]) if octb and d["combined_ceiling"] else None
-    d["ratios"] = {}
+    d["ratios"] = {}  # octbatch / baseline, measured side by side
+    d["experiments"] = {}  # variant / default octbatch run
     for r in rows:
-        if r["kind"] in ("baseline", "experiment") and r.get("median") and octb:
+        if r.get("median") and octb and r["kind"] == "baseline":
             d["ratios"][r["name"]] = octb / r["median"]
+        if r.get("median") and octb and r["kind"] == "experiment":
+            d["experiments"][r["name"]] = r["median"] / octb
     for r in rows:
         if r["kind"] == "e2e" and r.get("median") and d["combined_ceiling"]:
             r["efficiency"] = r["median"] / d["combined_ceiling"]

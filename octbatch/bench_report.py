@@ -55,7 +55,7 @@ def render_markdown(res: dict) -> str:
         f"**Method**: {res['config']['warmup']} warm-up, {res['config']['repeats']} repeat(s) of at least "
         f"{res['config']['min_seconds']} s per stage; median (min–max of the repeats). End-to-end runs and baselines each "
         "run in a fresh child process, timed from the start of their work (model load included, interpreter start excluded); "
-        "peak RSS is the kernel's maximum resident size of that child.",
+        "peak RSS is the largest sampled RSS of that child's whole process tree (worker processes and Ray daemons included).",
         "",
         "## Headline",
         "",
@@ -69,6 +69,8 @@ def render_markdown(res: dict) -> str:
     lines.append(f"- `octbatch run`: **{fmt_rate(d.get('octbatch_img_s'))} img/s = {_pct(d.get('efficiency'))} of the combined ceiling**.")
     for name, ratio in d.get("ratios", {}).items():
         lines.append(f"- octbatch vs {name}: **{ratio:.2f}x**")
+    for name, ratio in d.get("experiments", {}).items():
+        lines.append(f"- experiment {name}: {ratio:.2f}x the default run")
     lines += ["", "## Stage ceilings (each stage alone)", "", "| stage | configuration | median | spread | unit |", "|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] != "stage":
@@ -88,10 +90,14 @@ def render_markdown(res: dict) -> str:
             continue
         eff = _pct(r["median"] / ceiling) if ceiling else "–"
         ratio = d.get("ratios", {}).get(r["name"])
+        if r["kind"] == "experiment" and d.get("experiments", {}).get(r["name"]):
+            ratio = 1.0 / d["experiments"][r["name"]]
         note = ""
         det = r.get("detail") or {}
         if "how" in det:
             note = det["how"]
+        if det.get("run_files_per_second"):
+            note = f"octbatch's own files/s (after start-up, before merge): {fmt_rate(det['run_files_per_second'])}"
         if "img_s_without_init" in det:
             note = f"without ray.init: {fmt_rate(det['img_s_without_init'])} img/s (init {det['init_seconds']:.1f} s)"
         if r.get("errors") or det.get("errors"):

@@ -47,7 +47,7 @@ class RunConfig:
     executor: str = "local"  # local | ray
     ray_address: str | None = None
     workers: int | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = -1.0  # -1: one GPU per actor when the cluster has GPUs, else CPU actors
     max_shard_retries: int = 2
     fault_hook: str | None = None
     extra: dict = field(default_factory=dict)

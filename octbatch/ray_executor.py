@@ -38,7 +38,7 @@ from .errors import OctbatchError
 from .executors import Executor, ExecutorResult, ShardFailure
 from .worker import ShardSummary, ShardWorker, WorkerConfig
 
-__all__ = ["RayExecutor", "ShardActor", "plan_workers", "WorkerPlan", "pack_shard", "unpack_shard", "start_local_ray"]
+__all__ = ["RayExecutor", "ShardActor", "WorkerPlan", "pack_shard", "plan_workers", "start_local_ray", "unpack_shard"]
 
 # A local Ray binds to the machine's routable IP on Linux unless this is off; read when ray is
 # imported (ray._private.ray_constants) and inherited by the raylet and every worker it starts.
@@ -156,7 +156,7 @@ class RayExecutor(Executor):
         self.max_shard_retries = max_shard_retries
         self.num_cpus = num_cpus  # only for a Ray this executor starts; default: this machine's cores
         self.inflight_per_worker = max(1, inflight_per_worker)
-        self.startup_timeout = startup_timeout or float(os.environ.get("OCTBATCH_RAY_STARTUP_TIMEOUT", 600))
+        self.startup_timeout = startup_timeout or float(os.environ.get("OCTBATCH_RAY_STARTUP_TIMEOUT", "600"))
         self._actor_class = _actor_class or ShardActor  # benchmarks swap in a no-op actor
         self.plan: WorkerPlan | None = None
         # Filled by run(): where the driver's time went (benchmarks/ray_overhead.py reads it).
@@ -176,11 +176,15 @@ class RayExecutor(Executor):
             start_local_ray(self.num_cpus)
             return ray, True
         try:
-            ray.init(address=self.address, logging_level=logging.WARNING)
+            # A head started on loopback (one machine, e.g. `ray start --head --node-ip-address 127.0.0.1`)
+            # is joined on loopback too; any other address as Ray resolves it.
+            with _loopback() if _is_loopback(self.address) else contextlib.nullcontext():
+                ray.init(address=self.address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise OctbatchError(
                 f"cannot join the Ray cluster at {self.address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                "Check --ray-address (auto on a cluster node, ray://HEAD:10001 from outside) and that `ray status` works there.",
+                "Check --ray-address (auto on a cluster node, ray://HEAD:10001 from outside) and that `ray status` works there; "
+                "a cluster with token authentication also needs RAY_AUTH_MODE=token and its token (`ray get-auth-token`).",
             ) from exc
         return ray, False
 
@@ -207,10 +211,8 @@ class RayExecutor(Executor):
             self._loop(ray, remote_cls, iter(shards), wcfg, parts_dir, res, t0, on_progress, on_shard)
         finally:
             for slot in self._slots:
-                try:
+                with contextlib.suppress(Exception):  # already dead
                     ray.kill(slot.handle)  # frees its GPU at once, even when Ray outlives this run
-                except Exception:  # noqa: BLE001 - already dead
-                    pass
             self._slots = []
             if started:
                 t = time.perf_counter()
@@ -219,7 +221,13 @@ class RayExecutor(Executor):
         return res
 
     def _loop(self, ray, remote_cls, shard_iter, wcfg, parts_dir, res, t0, on_progress, on_shard) -> None:
-        from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError, RayError, RayTaskError
+        from ray.exceptions import (
+            ActorUnschedulableError,
+            GetTimeoutError,
+            RayActorError,
+            RayError,
+            RayTaskError,
+        )
 
         st = self.stats
         inflight: dict = {}  # ref -> (slot, job | None); job None: the actor's ready() call
@@ -284,10 +292,8 @@ class RayExecutor(Executor):
             slot.queue.clear()
             for ref in [r for r, (s, j) in inflight.items() if s is slot]:
                 inflight.pop(ref)  # its ready() call, if it never answered
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(slot.handle)  # a hung or partitioned actor must not write on later
-            except Exception:  # noqa: BLE001 - already gone
-                pass
             self._slots.remove(slot)
             start_actor(slot.index)
 
@@ -364,17 +370,15 @@ class RayExecutor(Executor):
         st["last_death"] = last_death
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
-    """Start a private Ray for this process: loopback only, no dashboard, quiet, small object store.
+@contextlib.contextmanager
+def _loopback():
+    """Make Ray use 127.0.0.1 as this node's address while starting or joining.
 
-    Loopback: the flag is read once when ray is imported (so its constant is set here) and from the
-    environment by the raylet and the workers it spawns. Both are restored after start-up, so that a
-    later join of a real cluster from this process sees them unchanged.
+    Ray maps loopback to the machine's routable IP on Linux unless a flag is off. The flag is read
+    once when ray is imported (so its constant is set here) and from the environment by the raylet
+    and the workers it spawns. Both are restored afterwards, so that a later join of a real cluster
+    from this process sees them unchanged.
     """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
-    from ._deps import require
-
-    ray = require("ray", purpose="--executor ray")
     from ray._private import ray_constants
 
     saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
@@ -382,6 +386,22 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     os.environ[_LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved_env
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start a private Ray for this process: loopback only, no dashboard, quiet, small object store."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    from ._deps import require
+
+    ray = require("ray", purpose="--executor ray")
+    with _loopback():
         ray.init(
             address="local",
             num_cpus=num_cpus or _cpu_count(),
@@ -390,12 +410,11 @@ def start_local_ray(num_cpus: int | None = None) -> None:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-        if saved_env is None:
-            os.environ.pop(_LOOPBACK_ENV, None)
-        else:
-            os.environ[_LOOPBACK_ENV] = saved_env
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -81,13 +81,13 @@ def assert_same_table(rows: dict, expected: dict) -> None:
     for path, want in expected.items():
         got = rows[path]
         assert (got["status"], got["pred"], got["error"]) == (want["status"], want["pred"], want["error"]), path
-        as_array = lambda r: np.array([r[k] for k in probs], dtype=float)  # noqa: E731 - None (unreadable) -> nan
+        as_array = lambda r: np.array([r[k] for k in probs], dtype=float)
         np.testing.assert_allclose(as_array(got), as_array(want), rtol=0, atol=1e-6, err_msg=path)
 
 
 def capture_executor(monkeypatch) -> list:
     """The RayExecutor that the pipeline builds, for tests that reach into a run."""
-    import octbatch.executors as executors
+    from octbatch import executors
 
     made = []
     real = executors.make_executor
@@ -219,11 +219,11 @@ def test_shards_travel_packed_and_come_back_identical(tmp_path):
     including a name that is not valid UTF-8 (its abspath is not root + path)."""
     import os
 
+    from conftest import jpeg_bytes, scan
+
     from octbatch.archive import discover
     from octbatch.ray_executor import pack_shard, unpack_shard
     from octbatch.shards import make_shards
-
-    from conftest import jpeg_bytes, scan
 
     (tmp_path / "CNV").mkdir()
     for i in range(5):
