@@ -58,7 +58,7 @@ class LocalExecutor(Executor):
         t0 = time.perf_counter()
         worker = None
         try:
-            for shard in shards:
+            for shard, next_shard in _with_next(shards):
                 if worker is None:
                     worker = ShardWorker(cfg)
                     res.startup_seconds = time.perf_counter() - t0
@@ -74,7 +74,7 @@ class LocalExecutor(Executor):
                             on_progress(n, e)
 
                     try:
-                        s = worker.process(shard, parts_dir, prog)
+                        s = worker.process(shard, parts_dir, prog, next_shard=next_shard)
                     except Exception as exc:  # noqa: BLE001 - a failing shard must not stop the others
                         if on_progress and done[0]:
                             on_progress(-done[0], -done[1])  # its files will be redone or reported
@@ -95,6 +95,16 @@ class LocalExecutor(Executor):
             if worker is not None:
                 worker.close()
         return res
+
+
+def _with_next(items):
+    """(item, the item after it or None): lets a worker start on the next shard early."""
+    it = iter(items)
+    cur = next(it, None)
+    while cur is not None:
+        nxt = next(it, None)
+        yield cur, nxt
+        cur = nxt
 
 
 def make_executor(name: str, **kw) -> Executor:

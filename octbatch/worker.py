@@ -68,6 +68,7 @@ class ShardWorker:
         self._input = np.empty((cfg.batch_size, self.spec.channels, self.spec.height, self.spec.width), np.float32)
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="octbatch-prefetch")
         self._shards_done = 0
+        self._ahead = None  # (shard id, future of its first decoded batch)
         self.name = f"{os.uname().nodename}:{os.getpid()}"
 
     def _fault(self, shard_id: str) -> None:
@@ -80,20 +81,53 @@ class ShardWorker:
         if kind == "exit-after" and self._shards_done >= int(arg):
             os._exit(137)
 
-    def process(self, shard, parts_dir: str, progress: Callable[[int, int], None] | None = None) -> ShardSummary:
+    def _submit(self, entries):
+        decode = self.decoder.decode_batch_device if self._device_path else self.decoder.decode_batch
+        return self._prefetch.submit(decode, [e.abspath for e in entries])
+
+    def _drop_ahead(self) -> None:
+        """Forget a prefetched batch that will not be used (its shard was not the next one after all)."""
+        if self._ahead is not None:
+            _, fut = self._ahead
+            self._ahead = None
+            try:
+                release = getattr(fut.result(), "release", None)
+            except Exception:  # noqa: BLE001 - a batch nobody reads cannot fail anything
+                return
+            if release is not None:
+                release()
+
+    def prefetch(self, shard) -> None:
+        """Start decoding the first batch of the shard that comes next, so that no core idles
+        between shards while this one's last batch is inferred and its part file written."""
+        if shard is not None and shard.entries and self._ahead is None:
+            self._ahead = (shard.id, self._submit(shard.entries[: self.cfg.batch_size]))
+
+    def process(self, shard, parts_dir: str, progress: Callable[[int, int], None] | None = None, next_shard=None) -> ShardSummary:
         """Classify every file of `shard` and commit its part file. Returns a small summary."""
         t0 = time.perf_counter()
-        self._fault(shard.id)
+        if self._ahead is not None and self._ahead[0] != shard.id:
+            self._drop_ahead()
+        fut = self._ahead[1] if self._ahead is not None else None
+        self._ahead = None
+        try:
+            self._fault(shard.id)
+        except BaseException:
+            if fut is not None:
+                self._ahead = (shard.id, fut)  # still valid for this shard's retry
+            raise
         rows = ShardRows(self.model.classes)
         bs = self.cfg.batch_size
         batches = [shard.entries[i:i + bs] for i in range(0, len(shard.entries), bs)]
         n_err = 0
-        decode = self.decoder.decode_batch_device if self._device_path else self.decoder.decode_batch
-        fut = self._prefetch.submit(decode, [e.abspath for e in batches[0]]) if batches else None
+        if fut is None and batches:
+            fut = self._submit(batches[0])
         for k, entries in enumerate(batches):
             decoded = fut.result()
             if k + 1 < len(batches):
-                fut = self._prefetch.submit(decode, [e.abspath for e in batches[k + 1]])
+                fut = self._submit(batches[k + 1])
+            else:
+                self.prefetch(next_shard)
             if self._device_path:
                 probs, errors = infer_device_batch(self.runner, decoded, self.spec, self._input, len(self.model.classes))
             else:
@@ -127,6 +161,7 @@ class ShardWorker:
         return ShardSummary(shard.id, len(rows), len(rows) - n_err, n_err, time.perf_counter() - t0, part, self.name)
 
     def close(self) -> None:
+        self._drop_ahead()
         self._prefetch.shutdown(wait=True)
         self.decoder.close()
         self.runner.close()
