@@ -31,9 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from octbatch.bench import _image_files, library_versions, machine_facts, real_data_dir, summarize  # noqa: E402
-from octbatch.decode.cpu import decode_reference  # noqa: E402
-from octbatch.preprocess import Preprocessing, crop_box, dct_min_size  # noqa: E402
+from octbatch.bench import (
+    _image_files,
+    library_versions,
+    machine_facts,
+    real_data_dir,
+    summarize,
+)
+from octbatch.decode.cpu import decode_reference
+from octbatch.preprocess import Preprocessing, crop_box, dct_min_size
 
 
 def _scaled_box(w0, h0, w, h, spec):
@@ -114,9 +120,7 @@ def bench_method(fn, files, spec, threads, *, min_seconds, repeats, batch=64):
 
 
 def bench_dali(files, spec, threads, *, min_seconds, repeats, batch=64):
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
+    from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, exec_async=False, exec_pipelined=False)
     def pipe_def():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["render_markdown", "render_charts", "fmt_rate"]
+__all__ = ["fmt_rate", "render_charts", "render_markdown"]
 
 
 def fmt_rate(x) -> str:
@@ -71,10 +71,14 @@ def render_markdown(res: dict) -> str:
         lines.append(f"- octbatch vs {name}: **{ratio:.2f}x**")
     for name, ratio in d.get("experiments", {}).items():
         lines.append(f"- experiment {name}: {ratio:.2f}x the default run")
+    if d.get("ceiling_note"):
+        lines.append(f"- ({d['ceiling_note']}.)")
     lines += ["", "## Stage ceilings (each stage alone)", "", "| stage | configuration | median | spread | unit |", "|---|---|---|---|---|"]
     for r in rows:
-        if r["kind"] != "stage":
+        if r["kind"] not in ("stage", "ceiling"):
             continue
+        if r["kind"] == "ceiling":
+            r = {**r, "name": f"{r['name']} ceiling ({r['when']} e2e)"}
         if r.get("skipped"):
             lines.append(f"| {r['name']} | {_cfg(r)} | skipped: {r['skipped']} | | {r['unit']} |")
             continue
@@ -143,11 +147,11 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
     for r in rows:
         if r.get("median") is None or r["kind"] == "scale" or r.get("unit") != "img/s":
             continue
-        label = r["name"] if r["kind"] != "stage" else f"{r['name']} {r.get('decoder') or r.get('backend', '')} " + (
-            f"x{r['threads']}" if r["name"] == "decode" else f"b{r.get('batch_size')}")
+        label = r["name"] if r["kind"] not in ("stage", "ceiling") else f"{r['name']} {r.get('decoder') or r.get('backend', '')} " + (
+            f"x{r['threads']}" if r["name"] == "decode" else f"b{r.get('batch_size')}") + (f" ({r['when']} e2e)" if r.get("when") else "")
         bars.append((label, r["median"], r.get("min", r["median"]), r.get("max", r["median"]), r["kind"]))
     if bars:
-        colors = {"stage": "#8fa8c8", "e2e": "#2a6f3a", "baseline": "#c0504d", "experiment": "#d9a441"}
+        colors = {"stage": "#8fa8c8", "ceiling": "#5b7fae", "e2e": "#2a6f3a", "baseline": "#c0504d", "experiment": "#d9a441"}
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
         ys = range(len(bars))
         ax.barh(list(ys), [b[1] for b in bars], color=[colors[b[4]] for b in bars],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["register", "bench"]
+__all__ = ["bench", "register"]
 
 
 def _csv(values, conv=str) -> tuple:
