@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .backends.base import softmax
 from .errors import OctbatchError
 
 __all__ = [
@@ -616,14 +617,6 @@ def _write_baseline_parquet(out: str, paths, probs_list, errors, classes) -> Non
     pq.write_table(pa.table(cols), out, compression="zstd")
 
 
-def _softmax(z):
-    import numpy as np
-
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def _child_naive(spec: dict) -> dict:
     """Naive loop: decode a batch with Pillow, normalise, ORT, next batch; no overlap; Parquet at the end."""
     import numpy as np
@@ -650,7 +643,7 @@ def _child_naive(spec: dict) -> dict:
             paths.append(f)
         x = (np.stack(imgs).astype(np.float32) / 255.0 - p.mean[0]) / p.std[0]
         x = np.repeat(x[:, None], p.channels, axis=1)
-        probs_list.append(_softmax(sess.run(None, {inp: x})[0]))
+        probs_list.append(softmax(sess.run(None, {inp: x})[0]))
     _write_baseline_parquet(spec["out"], paths, probs_list, errors, list(model.classes))
     dt = time.perf_counter() - t0
     return {"files": len(files), "seconds": dt, "img_s": len(files) / dt, "errors": sum(e is not None for e in errors)}
@@ -724,7 +717,7 @@ def _child_dataloader(spec: dict) -> dict:
         u8 = np.asarray(u8)
         x = (u8.astype(np.float32) / 255.0 - p.mean[0]) / p.std[0]
         x = np.repeat(x[:, None], p.channels, axis=1)
-        probs_list.append(_softmax(sess.run(None, {inp: x})[0]))
+        probs_list.append(softmax(sess.run(None, {inp: x})[0]))
         paths.extend(files[i] for i in idx)
         errors.extend(e or None for e in errs)
     if pool is not None:
@@ -766,7 +759,7 @@ class _RayPredictor:
                 errs.append(str(exc) or type(exc).__name__)
         x = (np.stack(imgs).astype(np.float32) / 255.0 - p.mean[0]) / p.std[0]
         x = np.repeat(x[:, None], p.channels, axis=1)
-        probs = _softmax(self.sess.run(None, {self.inp: x})[0])
+        probs = softmax(self.sess.run(None, {self.inp: x})[0])
         return {"path": batch["path"], "pred": probs.argmax(1), "confidence": probs.max(1), "error": np.array(errs, dtype=object)}
 
 

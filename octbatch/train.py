@@ -291,7 +291,7 @@ def build_model(num_classes: int = 4, *, channels: int = 1, stem: int = 16, widt
     return OctNet()
 
 
-def _augment(torch, x: "torch.Tensor", gen) -> "torch.Tensor":
+def _augment(torch, x, gen):
     """Batched augmentation of float images in 0..1, (N,1,H,W): flip, scale/shift/rotate, brightness/contrast/gamma."""
     F = torch.nn.functional
     n = x.shape[0]
