@@ -263,6 +263,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep,
                                                                 extra={"run_id": run_id}, unchanged=unchanged)
             summary.merged = True
+            wd.clear_slice_markers()  # any finished slices are in `out` now
 
     summary.seconds = time.perf_counter() - t_start
     if summary.failed_files:
@@ -464,11 +465,7 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         md = read_metadata((wd.parts() or [out])[0])
         model = _SchemaModel(md)
         rows, dropped = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra={"merged_slices": len(done)})
-        for (i, n) in done:
-            try:
-                os.unlink(wd.slice_marker(i, n))
-            except OSError:
-                pass
+        wd.clear_slice_markers()
     s = RunSummary(out=out, archive=archive, run_id="merge", discovered=len(discovered), rows=rows, merged=True,
                    dropped_deleted=dropped, seconds=time.perf_counter() - t0, model_sha256=model.sha256)
     s.failed_files = gaps

@@ -138,6 +138,13 @@ class WorkDir:
                     continue
         return done
 
+    def clear_slice_markers(self) -> None:
+        for i, n in self.slices_done():
+            try:
+                os.unlink(self.slice_marker(i, n))
+            except OSError:
+                pass
+
     def clean_temps(self) -> None:
         """Remove temp files left by a killed run (they are never part of the result)."""
         folders = [self.path, os.path.dirname(self.out)]

@@ -186,6 +186,17 @@ def test_slices_then_merge_equal_a_single_full_run(tmp_path, tiny_model):
         assert abs(a[k]["p_CNV"] - b[k]["p_CNV"]) < 1e-6
 
 
+def test_a_plain_run_completes_unfinished_slices(tmp_path, tiny_model):
+    archive = linked_archive(tmp_path / "a", 120)
+    out = tmp_path / "r.parquet"
+    for i in (0, 2):  # slices 1/3 never ran
+        assert invoke("run", archive, "--out", out, "--model", tiny_model, "--shard", f"{i}/3", "-q").exit_code == 0
+    s = json.loads(invoke("run", archive, "--out", out, "--model", tiny_model, "--json", "-q").stdout)
+    assert s["skipped"] + s["processed"] == 120 and 0 < s["processed"] < 120
+    assert len(read_rows(out)) == 120
+    assert not [n for n in os.listdir(str(out) + ".parts") if n.startswith("slice-")]
+
+
 def test_second_concurrent_run_is_refused(tmp_path, tiny_model):
     archive = linked_archive(tmp_path / "a", 20)
     out = tmp_path / "r.parquet"
