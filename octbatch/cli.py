@@ -138,6 +138,8 @@ def _print_summary(s) -> None:
         f"{s.skipped} already done" + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
         f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
     ]
+    if s.discovered == 0:
+        lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff) found under {s.archive}; check the path and --include/--exclude")
     if s.failed_files:
         lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
     if s.merged:

@@ -224,6 +224,16 @@ def test_models_without_metadata_need_and_take_overrides(tmp_path):
     assert md["preprocessing"]["channels"] == 3 and md["preprocessing"]["input_size"] == [24, 24]
 
 
+def test_an_archive_without_images_gives_an_empty_table_and_a_warning(tmp_path, tiny_model):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("no scans here")
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "a"), "--out", str(tmp_path / "r.parquet"), "--model", tiny_model])
+    assert res.exit_code == 0
+    assert "no image files" in res.output
+    t = pq.read_table(tmp_path / "r.parquet")
+    assert t.num_rows == 0 and "p_CNV" in t.column_names
+
+
 def test_shipped_model_is_the_default(tmp_path, shipped_model):
     from octbatch.synth import make_archive
 
