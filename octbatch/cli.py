@@ -132,7 +132,6 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
 
 
 def _print_summary(s) -> None:
-    err = click.get_text_stream("stderr")
     lines = [
         f"octbatch: {s.discovered} file(s) discovered, {s.processed} classified now ({s.ok} ok, {s.errors} unreadable), "
         f"{s.skipped} already done" + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
@@ -146,7 +145,7 @@ def _print_summary(s) -> None:
         lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
     else:
         lines.append(f"octbatch: slice {s.slice} committed under {s.out}.parts; run octbatch merge {s.out} when all slices are done")
-    click.echo("\n".join(lines), file=err)
+    click.echo("\n".join(lines), err=True)
 
 
 @cli.command()
