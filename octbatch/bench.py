@@ -617,18 +617,21 @@ def _write_baseline_parquet(out: str, paths, probs_list, errors, classes) -> Non
     pq.write_table(pa.table(cols), out, compression="zstd")
 
 
+def _baseline_setup(spec: dict):
+    """What every hand-written baseline starts with: the model, a plain ORT session, the file list."""
+    from .model import load_model_info
+
+    model = load_model_info(spec.get("model"))
+    sess = _plain_session(model.path, spec["threads"])
+    return model, model.preprocessing, sess, sess.get_inputs()[0].name, _list_images(spec["archive"])
+
+
 def _child_naive(spec: dict) -> dict:
     """Naive loop: decode a batch with Pillow, normalise, ORT, next batch; no overlap; Parquet at the end."""
     import numpy as np
 
-    from .model import load_model_info
-
     t0 = time.perf_counter()
-    model = load_model_info(spec.get("model"))
-    p = model.preprocessing
-    sess = _plain_session(model.path, spec["threads"])
-    inp = sess.get_inputs()[0].name
-    files = _list_images(spec["archive"])
+    model, p, sess, inp, files = _baseline_setup(spec)
     bs = spec["batch_size"]
     paths, probs_list, errors = [], [], []
     for i in range(0, len(files), bs):
@@ -677,14 +680,8 @@ def _child_dataloader(spec: dict) -> dict:
     """PyTorch-DataLoader style: worker processes decode with Pillow, the main process runs ORT."""
     import numpy as np
 
-    from .model import load_model_info
-
     t0 = time.perf_counter()
-    model = load_model_info(spec.get("model"))
-    p = model.preprocessing
-    sess = _plain_session(model.path, spec["threads"])
-    inp = sess.get_inputs()[0].name
-    files = _list_images(spec["archive"])
+    model, p, sess, inp, files = _baseline_setup(spec)
     bs, workers = spec["batch_size"], max(1, spec["threads"])
     ds = _PillowDataset(files, p)
     try:
