@@ -7,7 +7,7 @@ default_map); Python callers build RunConfig directly.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import OctbatchError
 
@@ -50,7 +50,6 @@ class RunConfig:
     gpus_per_worker: float = -1.0  # -1: one GPU per actor when the cluster has GPUs, else CPU actors
     max_shard_retries: int = 2
     fault_hook: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:

@@ -74,7 +74,6 @@ class RunSummary:
     merged: bool = False
     slice: str | None = None
     seconds: float = 0.0
-    discovery_seconds: float = 0.0
     startup_seconds: float = 0.0
     files_per_second: float = 0.0
     backend: str = ""
@@ -301,6 +300,7 @@ def _worker_config(cfg, model, overrides, backend, engine_path, precision, threa
 
     return WorkerConfig(
         model_path=model.path,
+        model=model,
         model_overrides=overrides,
         backend=backend,
         engine_path=engine_path,

@@ -25,6 +25,7 @@ __all__ = ["WorkerConfig", "ShardWorker", "ShardSummary"]
 @dataclass(frozen=True)
 class WorkerConfig:
     model_path: str | None = None
+    model: object | None = None  # a loaded ModelInfo: spares opening and hashing the model a second time
     model_overrides: dict = field(default_factory=dict)  # classes/input_size/mean/std/resize
     backend: str = "onnxruntime"
     engine_path: str | None = None
@@ -58,7 +59,7 @@ class ShardWorker:
         from .model import load_model_info
 
         self.cfg = cfg
-        self.model = load_model_info(cfg.model_path, **cfg.model_overrides)
+        self.model = cfg.model if cfg.model is not None else load_model_info(cfg.model_path, **cfg.model_overrides)
         self.spec = self.model.preprocessing
         self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
         self.runner = make_runner(cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision).load()
