@@ -79,6 +79,19 @@ BAD_INPUTS = {
     "odd/scan.tiff": ("ok", None),
 }
 NON_UTF8_NAME = b"odd/scan-\xff\xfe.jpeg"
+CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+
+
+def assert_awkward_rows(rows: dict, expected: dict) -> None:
+    """Each awkward file's row has the expected status; error rows carry the message and no prediction."""
+    for path, (status, msg) in expected.items():
+        r = rows[path]
+        assert r["status"] == status, (path, r["error"])
+        if status == "error":
+            assert msg in r["error"], (path, r["error"])
+            assert r["pred"] is None and r["p_CNV"] is None
+        else:
+            assert r["error"] is None and r["pred"] in CLASSES, path
 
 
 def make_bad_archive(root: Path, good: int = 40) -> dict:
