@@ -23,7 +23,6 @@ import io
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,8 +34,8 @@ from octbatch.bench import (
     _image_files,
     library_versions,
     machine_facts,
+    measure_rate,
     real_data_dir,
-    summarize,
 )
 from octbatch.decode.cpu import decode_reference
 from octbatch.preprocess import Preprocessing, crop_box, dct_min_size
@@ -95,6 +94,18 @@ def _read(path):
         return f.read()
 
 
+def _cycling(batches, run_batch):
+    """A measure_rate callable: each call decodes the next batch (round robin) and says how many images."""
+    k = [0]
+
+    def step() -> int:
+        b = batches[k[0] % len(batches)]
+        k[0] += 1
+        return len(run_batch(b))
+
+    return step
+
+
 def bench_method(fn, files, spec, threads, *, min_seconds, repeats, batch=64):
     batches = [files[i:i + batch] for i in range(0, len(files), batch)]
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -105,18 +116,10 @@ def bench_method(fn, files, spec, threads, *, min_seconds, repeats, batch=64):
     def run_batch(b):
         return list(pool.map(one, b)) if pool else [one(p) for p in b]
 
-    run_batch(batches[0])  # warm-up
-    rates = []
-    k = 0
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < min_seconds:
-            n += len(run_batch(batches[k % len(batches)]))
-            k += 1
-        rates.append(n / (time.perf_counter() - t0))
+    stats = measure_rate(_cycling(batches, run_batch), min_seconds=min_seconds, repeats=repeats)
     if pool:
         pool.shutdown()
-    return summarize(rates)
+    return stats
 
 
 def bench_dali(files, spec, threads, *, min_seconds, repeats, batch=64):
@@ -138,15 +141,7 @@ def bench_dali(files, spec, threads, *, min_seconds, repeats, batch=64):
         out = pipe.run()[0]
         return [np.asarray(out.at(i))[:, :, 0] for i in range(len(b))]
 
-    run_batch(batches[0])
-    rates, k = [], 0
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < min_seconds:
-            n += len(run_batch(batches[k % len(batches)]))
-            k += 1
-        rates.append(n / (time.perf_counter() - t0))
-    return summarize(rates), run_batch(batches[0])
+    return measure_rate(_cycling(batches, run_batch), min_seconds=min_seconds, repeats=repeats), run_batch(batches[0])
 
 
 def parity(fn, files, spec, n=64):
