@@ -52,7 +52,11 @@ __all__ = [
     "DEFAULTS",
 ]
 
-REPORT_HINTS = ("test", "val")
+# Report-only manifest hints: never trained on, never used to select or tune anything.
+# test-v3 is Kermany's official 1,000-scan test set; test/val are the Kaggle copy's splits.
+REPORT_HINTS = ("test-v3", "test", "val")
+# The sets evaluated once, at the end, on the exported model (name -> split hints).
+REPORT_SETS = {"test_v3": ("test-v3",), "test_val": ("test", "val")}
 # Training settings of the shipped model; `octbatch train` with no options reproduces it.
 DEFAULTS = dict(
     epochs=40,
@@ -64,6 +68,9 @@ DEFAULTS = dict(
     widths=(16, 32, 64, 128),
     stem=16,
     near_dup=0.97,
+    resize="center_crop",  # chosen by the width experiment (engines/README.md)
+    lateral_scale=(0.6, 1.6),
+    input_size=128,
 )
 
 
@@ -389,32 +396,64 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     return out
 
 
-def evaluate_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, threads: int = 2, batch_size: int = 64) -> dict:
-    """Run the exported model the way inference does (CpuDecoder -> normalize_into -> ORT runner)."""
+def predict_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, threads: int = 2, batch_size: int = 64):
+    """Run the exported model the way inference does (CpuDecoder -> normalize_into -> ORT runner).
+    Returns (kept record indices, probabilities (n, classes), original widths, decoded uint8 images)."""
     from .backends.onnxrt import OnnxRuntimeRunner
     from .decode.cpu import CpuDecoder
     from .model import load_model_info
 
     info = load_model_info(model_path)
     spec = info.preprocessing
-    classes = list(info.classes)
     runner = OnnxRuntimeRunner(info, threads=threads)
-    y_true, y_pred, widths = [], [], []
+    kept, probs, widths, images = [], [], [], []
     buf = np.empty((batch_size, spec.channels, spec.height, spec.width), np.float32)
     with CpuDecoder(spec, threads=threads) as dec, runner:
         for s in range(0, len(records), batch_size):
             chunk = records[s : s + batch_size]
             batch = dec.decode_batch([r.path for r in chunk])
-            ok = batch.ok
             x = normalize_into(buf, batch.images, spec)
-            probs = runner.infer(x)
-            for r, good, p, size in zip(chunk, ok, probs, batch.sizes):
-                if not good:
-                    continue
-                y_true.append(classes.index(r.label))
-                y_pred.append(int(np.argmax(p)))
-                widths.append(int(size[0]))
-    return classification_metrics(y_true, y_pred, classes, groups=widths)
+            p = runner.infer(x)
+            for k, (good, size) in enumerate(zip(batch.ok, batch.sizes)):
+                if good:
+                    kept.append(s + k)
+                    probs.append(p[k])
+                    widths.append(int(size[0]))
+                    images.append(batch.images[k].copy())
+    k = len(info.classes)
+    return (np.asarray(kept, int), np.asarray(probs, np.float64).reshape(-1, k), np.asarray(widths, int),
+            np.asarray(images, np.uint8).reshape(-1, spec.height, spec.width))
+
+
+def evaluate_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, threads: int = 2, batch_size: int = 64,
+                  temperature: float | None = None, predictions: list | None = None) -> dict:
+    """Metrics of the exported model on ``records`` through the inference path: classification
+    metrics, per-width accuracy, urgent-referral sensitivity/specificity, ECE and reliability bins.
+    ``temperature``: the one baked into the model, to also report the uncalibrated ECE.
+    ``predictions``: a list that receives one dict per scan (for the sample grid)."""
+    from .calibration import expected_calibration_error, referral_metrics, reliability_bins, softmax
+    from .model import load_model_info
+
+    classes = list(load_model_info(model_path).classes)
+    kept, probs, widths, images = predict_onnx(model_path, records, threads=threads, batch_size=batch_size)
+    y_true = np.array([classes.index(records[i].label) for i in kept], int)
+    y_pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    m = classification_metrics(y_true, y_pred, classes, groups=widths)
+    m["referral"] = referral_metrics(y_true, y_pred, classes)
+    m["ece"] = round(expected_calibration_error(probs, y_true), 4)
+    m["reliability"] = reliability_bins(probs, y_true)
+    if temperature:
+        # The model outputs logits / T; T * log p recovers the logits up to a per-row constant.
+        raw = softmax(np.log(np.clip(probs, 1e-12, None)) * float(temperature))
+        m["ece_uncalibrated"] = round(expected_calibration_error(raw, y_true), 4)
+        m["reliability_uncalibrated"] = reliability_bins(raw, y_true)
+    m["mean_confidence"] = round(float(probs.max(axis=1).mean()), 4) if len(probs) else None
+    if predictions is not None:
+        for j, i in enumerate(kept):
+            predictions.append({"rel": records[i].rel, "true": records[i].label, "pred": classes[int(y_pred[j])],
+                                "confidence": float(probs[j].max()), "p_true": float(probs[j][y_true[j]]),
+                                "width": int(widths[j]), "image": images[j]})
+    return m
 
 
 def benchmark_onnx(model_path: str | os.PathLike, *, batch_size: int = 64, threads: int = 2, repeats: int = 20) -> dict:
@@ -471,7 +510,7 @@ def _benchmark_fresh(model_path, *, threads: int = 2) -> dict:
 # ---------------------------------------------------------------------------------------- export
 
 
-def _export_onnx(torch, model, spec: Preprocessing, out: Path, classes: Sequence[str], card: str) -> None:
+def _export_onnx(torch, model, spec: Preprocessing, out: Path, classes: Sequence[str], card: str, *, temperature: float | None = None) -> None:
     from ._deps import require
     from .model import META_CARD, META_CLASSES, META_OUTPUT, META_PREPROC
 
@@ -495,7 +534,11 @@ def _export_onnx(torch, model, spec: Preprocessing, out: Path, classes: Sequence
             dynamo=False,
         )
     m = onnx.load(str(tmp))  # weights are inline: the model is far below protobuf's 2 GiB limit
-    _set_metadata(onnx, m, {META_CLASSES: json.dumps(list(classes)), META_PREPROC: spec.to_json(), META_OUTPUT: "logits", META_CARD: card})
+    meta = {META_CLASSES: json.dumps(list(classes)), META_PREPROC: spec.to_json(), META_OUTPUT: "logits", META_CARD: card}
+    if temperature is not None:
+        # Informational: the division by T is already in the graph, so no backend applies it again.
+        meta["octbatch.temperature"] = f"{temperature:.6f}"
+    _set_metadata(onnx, m, meta)
     m.producer_name = "octbatch.train"
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp))
@@ -565,22 +608,127 @@ def draw_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path
     im.save(path)
 
 
-def write_report(metrics: dict, out_dir: str | os.PathLike) -> None:
-    """metrics.json plus one confusion-matrix PNG per evaluated set (confusion_matrix.png = report-only set)."""
+def write_report(metrics: dict, out_dir: str | os.PathLike, *, predictions: dict | None = None) -> None:
+    """metrics.json, training curves, confusion matrices and reliability diagrams per evaluated set,
+    and a grid of sample predictions (a few correct per class and the worst mistakes)."""
+    from .train_figures import draw_curves_png, draw_reliability_png, draw_samples_png
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     classes = metrics["classes"]
-    ev = metrics.get("evaluation", {})
-    if "report_only" in ev:
-        draw_confusion_png(ev["report_only"]["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
-                           f"report-only (split_hint test/val), n={ev['report_only']['n']}")
-    if "validation" in ev:
-        draw_confusion_png(ev["validation"]["confusion_matrix"], classes, out_dir / "confusion_matrix_validation.png",
-                           f"held-out validation patients, n={ev['validation']['n']}")
+    if metrics.get("history"):
+        draw_curves_png(metrics["history"], out_dir / "training_curves.png", best_epoch=metrics["settings"].get("best_epoch"))
+    titles = {"test_v3": "Kermany official test set (split_hint test-v3)", "test_val": "report-only split_hint test + val",
+              "validation": "held-out validation patients", "width_holdout": "held-out scan widths"}
+    for name, m in metrics.get("evaluation", {}).items():
+        draw_confusion_png(m["confusion_matrix"], classes, out_dir / f"confusion_{name}.png", f"{titles.get(name, name)}, n={m['n']}")
+        if "reliability_uncalibrated" in m:
+            draw_reliability_png({"before (T=1)": (m["reliability_uncalibrated"], m["ece_uncalibrated"]),
+                                  f"after (T={metrics.get('temperature', 1):.2f})": (m["reliability"], m["ece"])},
+                                 out_dir / f"reliability_{name}.png", title=f"reliability, {titles.get(name, name)}")
+    for name, preds in (predictions or {}).items():
+        if name not in ("test_v3", "validation") or not preds:
+            continue
+        items = []
+        for c in classes:  # the two most confident correct predictions per class
+            right = sorted((p for p in preds if p["true"] == c and p["pred"] == c), key=lambda p: -p["confidence"])
+            items += right[:2]
+        wrong = sorted((p for p in preds if p["true"] != p["pred"]), key=lambda p: -p["confidence"])
+        items += [dict(p, note="confident mistake") for p in wrong[:10]]
+        unsure = sorted(preds, key=lambda p: p["confidence"])[:4]
+        items += [dict(p, note="least confident") for p in unsure]
+        for p in items:
+            p.setdefault("note", f"{p['width']} px wide")
+        draw_samples_png(items, out_dir / f"samples_{name}.png", title=f"sample predictions, {titles.get(name, name)}: "
+                         "2 correct per class, the 10 most confident mistakes, the 4 least confident")
 
 
 # ----------------------------------------------------------------------------------------- train
+
+
+# ------------------------------------------------------------------------------- width handling
+
+
+def decode_strips(records: Sequence[Record], height: int, *, threads: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every scan decoded once at ``height`` rows with its aspect ratio kept (a "strip"), through the
+    inference decoder (``resize="stretch"`` to the scan's own aspect): (uint8 (N, height, Wmax) left-aligned,
+    widths (N,), ok mask (N,)). Training crops and rescales these strips per sample, which is how one
+    cache serves every resize rule and the lateral-scale augmentation."""
+    from PIL import Image
+
+    from .decode.base import read_bytes
+    from .decode.cpu import decode_image
+
+    n = len(records)
+    sizes = []
+    for r in records:
+        if not (r.width and r.height):
+            try:
+                with Image.open(r.path) as im:
+                    r.width, r.height = im.size
+            except Exception:  # noqa: BLE001 - unreadable: left out below
+                r.width, r.height = 0, 0
+        sizes.append(max(1, round(height * r.width / r.height)) if r.height else 0)
+    wmax = max([w for w in sizes if w] or [height])
+    strips = np.zeros((n, height, wmax), np.uint8)
+    ok = np.zeros(n, bool)
+
+    def work(i: int) -> None:
+        if not sizes[i]:
+            return
+        spec = Preprocessing(input_size=(height, max(8, sizes[i])), resize="stretch")
+        try:
+            img, _ = decode_image(read_bytes(records[i].path), spec)
+        except Exception:  # noqa: BLE001 - an unreadable scan is left out, never fatal
+            return
+        strips[i, :, : img.shape[1]] = img
+        ok[i] = True
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(work, range(n)))
+    return strips, np.asarray([max(8, w) if w else 0 for w in sizes], int), ok
+
+
+def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize: str, lateral: tuple[float, float] | None, gen):
+    """Crop each strip the way ``resize`` crops a scan, with an optional random lateral scale factor
+    (log-uniform in ``lateral``: the crop covers 1/f as many A-scans, i.e. the retina appears f times
+    wider, which is what another A-scan density does), then resize to out_hw with antialiasing (close to
+    the decoders' area resize). Returns float (N, 1, H, W) in 0..1."""
+    F = torch.nn.functional
+    h_out, w_out = out_hw
+    height = strips.shape[1]
+    out = torch.empty((len(idx), 1, h_out, w_out))
+    if lateral is not None:
+        f = torch.exp(torch.empty(len(idx)).uniform_(math.log(lateral[0]), math.log(lateral[1]), generator=gen)).tolist()
+    else:
+        f = [1.0] * len(idx)
+    for k, i in enumerate(idx):
+        sw = int(widths[i])
+        base = height * w_out / h_out if resize == "center_crop" else sw
+        cw = int(round(min(sw, max(8.0, base / f[k]))))
+        left = (sw - cw) // 2
+        region = torch.from_numpy(strips[i, :, left : left + cw]).float().div_(255.0)[None, None]
+        out[k] = F.interpolate(region, size=(h_out, w_out), mode="bilinear", antialias=True, align_corners=False)[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+def _card_text(n_params: int, spec: Preprocessing, split: dict, best_epoch: int, epochs: int, seed: int, temperature: float,
+               validation: dict | None) -> str:
+    rule = "whole scan resized (stretch)" if spec.resize == "stretch" else "centre square crop"
+    counts = "; ".join(f"{role} " + ", ".join(f"{c} {n}" for c, n in split["counts"][role].items()) for role in ("train", "val"))
+    held = f" Held-out patients (n={validation['n']}): accuracy {validation['accuracy']:.3f}, macro F1 {validation['macro_f1']:.3f}." if validation else ""
+    return (
+        f"octbatch oct4-default: small ResNet-like CNN ({n_params:,} parameters) classifying one grayscale retinal "
+        f"OCT B-scan ({rule}, {spec.height}x{spec.width}) into CNV, DME, DRUSEN or NORMAL. Trained with octbatch.train "
+        f"on the Kermany OCT2017 sample (CC BY 4.0, doi:10.17632/rscbjbr9sj.2; Kermany et al., Cell 2018), patient-wise "
+        f"split ({counts}), never on Kermany's official test set; epoch {best_epoch} of {epochs} kept by validation macro F1, "
+        f"seed {seed}; outputs are temperature-scaled logits (T={temperature:.3f}, fitted on the validation patients)."
+        f"{held} A demonstration model, not a medical device: not for diagnosis or any clinical use."
+    )
 
 
 def train(
@@ -589,7 +737,7 @@ def train(
     *,
     epochs: int = DEFAULTS["epochs"],
     seed: int = 0,
-    input_size: int = 128,
+    input_size: int = DEFAULTS["input_size"],
     batch_size: int = DEFAULTS["batch_size"],
     threads: int = 2,
     log: Callable[[str], None] = print,
@@ -599,18 +747,34 @@ def train(
     widths: Sequence[int] = DEFAULTS["widths"],
     stem: int = DEFAULTS["stem"],
     near_dup: float = DEFAULTS["near_dup"],
+    resize: str = DEFAULTS["resize"],
+    lateral_scale: tuple[float, float] | None = DEFAULTS["lateral_scale"],
+    holdout_widths: Sequence[int] = (),
+    train_fraction: float = 1.0,
     report_dir: str | os.PathLike | None = None,
     benchmark: bool = True,
+    evaluate_report_only: bool = True,
 ) -> dict:
     """Train, export ``out`` (ONNX with octbatch metadata), evaluate it with ONNX Runtime; return metrics.
 
     The epoch kept is the one with the best macro F1 on the patient-wise validation split (ties:
-    lower validation loss). Report-only scans (manifest split_hint test/val) are evaluated once, at
-    the end, on the exported file. With ``report_dir``, metrics.json and confusion-matrix PNGs are
-    written there too.
+    lower validation loss); a temperature fitted on the same validation scans is baked into the
+    exported graph, so every backend outputs calibrated probabilities. Report-only scans (manifest
+    split_hint test-v3/test/val) are evaluated once, at the end, on the exported file.
+
+    ``resize``: the preprocessing rule stored in the model (``stretch`` or ``center_crop``).
+    ``lateral_scale``: range of the random lateral scale factor (None: off).
+    ``holdout_widths``: scan widths never trained or validated on; scans of those widths (not report-only)
+    are evaluated at the end as ``width_holdout`` (the width experiment of engines/README.md).
+    ``train_fraction``: train on this fraction of the training scans (the learning curve).
     """
     from ._deps import require
+    from .calibration import fit_temperature, nll
 
+    # OpenMP's default spin-wait makes torch's 2-thread training ~10x slower as soon as another process
+    # competes for the cores (measured: 4.3 s vs 0.37 s per batch); passive waiting costs nothing alone.
+    # Only effective before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch = require("torch", purpose="training")
     F = torch.nn.functional
     t_start = time.perf_counter()
@@ -620,23 +784,44 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     if epochs < 1:
         raise OctbatchError("epochs must be at least 1", "Pass --epochs 1 or more.")
+    if resize not in ("stretch", "center_crop"):
+        raise OctbatchError(f"unknown resize rule {resize!r}", "Use stretch or center_crop.")
+    if not 0.0 < train_fraction <= 1.0:
+        raise OctbatchError(f"train fraction {train_fraction} is out of range", "Give a fraction in (0, 1].")
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     classes = list(CLASS_NAMES)
+    hw = (input_size, input_size)
     try:
         records = load_records(data_dir)
-        base_spec = Preprocessing(input_size=(input_size, input_size))
         t0 = time.perf_counter()
-        images, ok = decode_cache(records, base_spec, threads=threads)
+        strips, strip_w, ok = decode_strips(records, input_size, threads=threads)
         bad = [r.rel for r, good in zip(records, ok) if not good]
         keep = np.flatnonzero(ok)
         records = [records[i] for i in keep]
-        images = images[keep]
+        strips, strip_w = strips[keep], strip_w[keep]
+        base_spec = Preprocessing(input_size=hw, resize=resize)
+        # The images inference produces for this rule: validation, near-duplicate check, normalisation.
+        exact, _ = decode_cache(records, base_spec, threads=threads)
         log(f"decoded {len(records)} scans in {time.perf_counter() - t0:.1f}s ({len(bad)} unreadable, left out)")
-        split = split_records(records, val_fraction=val_fraction, seed=seed, images=images, near_dup=near_dup)
+        split = split_records(records, val_fraction=val_fraction, seed=seed, images=exact, near_dup=near_dup)
+        held_widths = {int(w) for w in holdout_widths}
+        for r in records:
+            if held_widths and r.role in ("train", "val") and r.width in held_widths:
+                r.role = "width_holdout"
+        if train_fraction < 1.0:
+            tr_all = [r for r in records if r.role == "train"]
+            pick = set(rng.choice(len(tr_all), size=max(len(classes), round(train_fraction * len(tr_all))), replace=False).tolist())
+            for k, r in enumerate(tr_all):
+                if k not in pick:
+                    r.role, r.why = "unused", f"left out by train_fraction={train_fraction}"
+        split["counts"] = {role: dict(sorted(Counter(r.label for r in records if r.role == role).items()))
+                           for role in ("train", "val", "report", "excluded", "width_holdout", "unused")}
+        split["counts_by_width"] = {role: dict(sorted(Counter(f"{r.label} {r.width}x{r.height}" for r in records if r.role == role).items()))
+                                    for role in ("train", "val", "report", "excluded", "width_holdout")}
         log(f"split: {json.dumps(split['counts'])}")
         roles = np.array([r.role for r in records])
         y = np.array([classes.index(r.label) for r in records])
@@ -645,24 +830,23 @@ def train(
         if len(tr) == 0:
             raise OctbatchError("no scans left for training", "Check the data folder and its manifest.")
         # Normalisation from the training scans (0..1 pixel scale), stored in the model's metadata.
-        px = images[tr].astype(np.float64) / 255.0
+        px = exact[tr].astype(np.float64) / 255.0
         mean, std = float(px.mean()), float(px.std())
         del px
         spec = replace(base_spec, mean=(round(mean, 5),), std=(round(max(std, 1e-3), 5),))
 
         model = build_model(len(classes), channels=spec.channels, stem=stem, widths=widths)
         n_params = int(sum(p.numel() for p in model.parameters()))
-        log(f"model: {n_params:,} parameters; mean={spec.mean[0]} std={spec.std[0]}")
+        log(f"model: {n_params:,} parameters; resize={resize} lateral_scale={lateral_scale}; mean={spec.mean[0]} std={spec.std[0]}")
 
         # Class-balanced sampling: every class is drawn equally often; an epoch is len(train) draws.
         counts = np.bincount(y[tr], minlength=len(classes)).astype(float)
-        w = 1.0 / counts[y[tr]]
+        w = 1.0 / np.maximum(counts[y[tr]], 1.0)
         w /= w.sum()
         steps = max(1, math.ceil(len(tr) / batch_size))
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
-        imgs_t = torch.from_numpy(images)
-        xva = _u8_to_input(torch, images[va], spec) if len(va) else None
+        xva = _u8_to_input(torch, exact[va], spec) if len(va) else None
         yva = torch.from_numpy(y[va]) if len(va) else None
         best = None
         history = []
@@ -670,22 +854,24 @@ def train(
             te = time.perf_counter()
             model.train()
             draw = rng.choice(tr, size=steps * batch_size, replace=True, p=w)
-            tot, n_seen = 0.0, 0
+            tot, n_seen, n_right = 0.0, 0, 0
             for s in range(steps):
                 idx = draw[s * batch_size : (s + 1) * batch_size]
                 if len(idx) < 2:
                     continue
-                xb = imgs_t[torch.from_numpy(idx)].unsqueeze(1).float().div_(255.0)
+                xb = _crop_strips(torch, strips, strip_w, idx, out_hw=hw, resize=resize, lateral=lateral_scale, gen=gen)
                 xb = _normalize_t(torch, _augment(torch, xb, gen), spec)
                 yb = torch.from_numpy(y[idx])
-                loss = F.cross_entropy(model(xb), yb, label_smoothing=DEFAULTS["label_smoothing"])
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=DEFAULTS["label_smoothing"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 tot += float(loss.detach()) * len(idx)
                 n_seen += len(idx)
-            entry = {"epoch": ep, "train_loss": round(tot / max(1, n_seen), 4)}
+                n_right += int((logits.detach().argmax(1) == yb).sum())
+            entry = {"epoch": ep, "train_loss": round(tot / max(1, n_seen), 4), "train_accuracy": round(n_right / max(1, n_seen), 4)}
             if xva is not None:
                 model.eval()
                 with torch.no_grad():
@@ -703,19 +889,16 @@ def train(
                 best = (score, ep, {k: v.detach().clone() for k, v in model.state_dict().items()})
         model.load_state_dict(best[2])
         best_epoch = best[1]
-        log(f"kept epoch {best_epoch}")
+        model.eval()
+        temperature = 1.0
+        if xva is not None:
+            with torch.no_grad():
+                vlog = torch.cat([model(xva[i : i + 256]) for i in range(0, len(xva), 256)]).numpy()
+            temperature = fit_temperature(vlog, y[va])
+            log(f"kept epoch {best_epoch}; temperature {temperature:.3f} (validation NLL {nll(vlog, y[va]):.4f} -> {nll(vlog, y[va], temperature):.4f})")
         train_seconds = time.perf_counter() - t_start
-
-        counts_txt = "; ".join(f"{role} " + ", ".join(f"{c} {n}" for c, n in split["counts"][role].items()) for role in ("train", "val"))
-        card = (
-            f"octbatch oct4-default: small ResNet-like CNN ({n_params:,} parameters) classifying one "
-            f"grayscale retinal OCT B-scan (center square crop, {input_size}x{input_size}) into CNV, DME, "
-            f"DRUSEN or NORMAL. Trained with octbatch.train on the Kermany OCT2017 sample (CC BY 4.0, "
-            f"doi:10.17632/rscbjbr9sj.2; Kermany et al., Cell 2018), patient-wise split ({counts_txt}), "
-            f"epoch {best_epoch} of {epochs} kept by validation macro F1, seed {seed}. A demonstration "
-            f"model, not a medical device: not for diagnosis or any clinical use."
-        )
-        _export_onnx(torch, model, spec, out, classes, card)
+        card = _card_text(n_params, spec, split, best_epoch, epochs, seed, temperature, None)
+        _export_onnx(torch, _Scaled(torch, model, temperature), spec, out, classes, card, temperature=temperature)
         log(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB)")
     finally:
         torch.set_num_threads(prev_threads)
@@ -723,18 +906,21 @@ def train(
     by_role = defaultdict(list)
     for r in records:
         by_role[r.role].append(r)
-    evaluation = {}
-    if by_role["val"]:
-        evaluation["validation"] = evaluate_onnx(out, by_role["val"], threads=threads)
-    if by_role["report"]:
-        evaluation["report_only"] = evaluate_onnx(out, by_role["report"], threads=threads)
-    for name, m in evaluation.items():
-        log(f"{name}: n={m['n']} accuracy={m['accuracy']} balanced={m['balanced_accuracy']} macro_f1={m['macro_f1']}")
+    evaluation: dict = {}
+    predictions: dict[str, list] = {}
+    sets = {"validation": by_role["val"], "width_holdout": by_role["width_holdout"]}
+    if evaluate_report_only:
+        for name, hints in REPORT_SETS.items():
+            sets[name] = [r for r in by_role["report"] if r.split_hint in hints]
+    for name, recs in sets.items():
+        if recs:
+            predictions[name] = []
+            evaluation[name] = evaluate_onnx(out, recs, threads=threads, temperature=temperature, predictions=predictions[name])
+            m = evaluation[name]
+            log(f"{name}: n={m['n']} accuracy={m['accuracy']} balanced={m['balanced_accuracy']} macro_f1={m['macro_f1']} "
+                f"urgent sens={m['referral']['urgent_sensitivity']} ece={m['ece']} (uncalibrated {m.get('ece_uncalibrated')})")
     if "validation" in evaluation:
-        v = evaluation["validation"]
-        update_card(out, card[: -len(" A demonstration model, not a medical device: not for diagnosis or any clinical use.")]
-                    + f" Held-out patients (n={v['n']}): accuracy {v['accuracy']:.3f}, macro F1 {v['macro_f1']:.3f}."
-                    + " A demonstration model, not a medical device: not for diagnosis or any clinical use.")
+        update_card(out, _card_text(n_params, spec, split, best_epoch, epochs, seed, temperature, evaluation["validation"]))
     from .model import file_sha256, load_model_info
 
     info = load_model_info(out)
@@ -745,14 +931,18 @@ def train(
         "classes": classes,
         "parameters": n_params,
         "preprocessing": json.loads(spec.to_json()),
+        "temperature": round(temperature, 4),
         "card": info.card,
         "settings": {
             "epochs": epochs, "best_epoch": best_epoch, "seed": seed, "input_size": input_size,
             "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "label_smoothing": DEFAULTS["label_smoothing"], "val_fraction": val_fraction,
             "stem": stem, "widths": list(widths), "near_dup_threshold": near_dup, "threads": threads,
+            "resize": resize, "lateral_scale": list(lateral_scale) if lateral_scale else None,
+            "holdout_widths": sorted(held_widths), "train_fraction": train_fraction,
             "optimizer": "AdamW", "schedule": "OneCycle (15% warm-up, cosine)", "sampling": "class-balanced",
             "selection": "best validation macro F1 (ties: lower validation loss)",
+            "calibration": "temperature scaling on the validation patients, baked into the graph",
         },
         "split": split,
         "unreadable": bad,
@@ -765,5 +955,20 @@ def train(
         metrics["speed"] = _benchmark_fresh(out, threads=threads)
         log(f"speed: {metrics['speed']}")
     if report_dir is not None:
-        write_report(metrics, report_dir)
+        write_report(metrics, report_dir, predictions=predictions)
     return metrics
+
+
+def _Scaled(torch, model, temperature: float):
+    """The trained network with its logits divided by the fitted temperature (one Div in the graph)."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.register_buffer("inv_t", torch.tensor(1.0 / float(temperature)))
+
+        def forward(self, x):
+            return self.net(x) * self.inv_t
+
+    return Scaled().eval()

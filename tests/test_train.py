@@ -43,7 +43,7 @@ def test_train_one_epoch_exports_loadable_model(tmp_path):
     from octbatch.decode.cpu import CpuDecoder
     from octbatch.model import load_model_info
     from octbatch.preprocess import normalize_into
-    from octbatch.train import train
+    from octbatch.train import DEFAULTS, train
 
     data = tmp_path / "data"
     data.mkdir()
@@ -58,14 +58,24 @@ def test_train_one_epoch_exports_loadable_model(tmp_path):
     assert metrics["split"]["train_without_patient_id"] == 1
     assert metrics["parameters"] > 10_000
     assert (tmp_path / "rep" / "metrics.json").is_file()
+    for png in ("training_curves.png", "confusion_validation.png", "reliability_validation.png", "samples_validation.png"):
+        from PIL import Image
+
+        with Image.open(tmp_path / "rep" / png) as im:  # a real, non-empty picture
+            assert im.width > 200 and im.height > 200 and im.convert("L").getextrema() != (255, 255)
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["classes"] == CLASSES
-    assert "validation" in metrics["evaluation"] and "report_only" not in metrics["evaluation"]
+    assert "validation" in metrics["evaluation"] and "test_v3" not in metrics["evaluation"]
+    v = metrics["evaluation"]["validation"]
+    assert "ece" in v and "ece_uncalibrated" in v and v["referral"]["urgent_n"] > 0
+    assert [h["epoch"] for h in metrics["history"]] == [1] and "train_accuracy" in metrics["history"][0]
 
     info = load_model_info(out)
     assert list(info.classes) == CLASSES
     assert info.output_kind == "logits"
     spec = info.preprocessing
-    assert spec.input_size == (32, 32) and spec.channels == 1 and spec.resize == "center_crop"
+    assert spec.input_size == (32, 32) and spec.channels == 1 and spec.resize == DEFAULTS["resize"]
+    # the fitted temperature is baked into the graph and recorded beside it
+    assert float(info.metadata["octbatch.temperature"]) == pytest.approx(metrics["temperature"], rel=1e-3)
     assert 0.0 < spec.mean[0] < 1.0 and 0.0 < spec.std[0] < 1.0
     assert spec.mean == tuple(metrics["preprocessing"]["mean"])
     assert "not a medical device" in info.card
@@ -99,3 +109,33 @@ def test_split_keeps_patients_and_report_rows_apart():
     assert recs[-2].role == "report" and recs[-1].role == "train"
     for cls in CLASSES:
         assert any(r.role == "val" and r.label == cls for r in recs)
+
+
+def test_strip_crops_match_the_inference_decoder_for_both_rules(tmp_path):
+    """Training crops strips; inference crops scans: both rules must give (nearly) the same 32x32 image."""
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from octbatch.decode.cpu import decode_image
+    from octbatch.preprocess import Preprocessing
+    from octbatch.train import Record, _crop_strips, decode_strips
+
+    rng = np.random.default_rng(3)
+    a = (rng.random((62, 192)) * 40).astype(np.uint8)
+    a[:, :64] += 150  # a bright left third: a centre crop and a stretch differ a lot
+    a[20:30, :] = 255
+    path = tmp_path / "CNV-1-1.jpeg"
+    Image.fromarray(a, "L").save(path, quality=95)
+    rec = Record(path=str(path), rel=path.name, label="CNV", patient_id="1")
+    strips, widths, ok = decode_strips([rec], 32, threads=1)
+    assert ok.all() and widths[0] == round(32 * 192 / 62)
+    gen = torch.Generator().manual_seed(0)
+    for rule in ("center_crop", "stretch"):
+        mine = _crop_strips(torch, strips, widths, [0], out_hw=(32, 32), resize=rule, lateral=None, gen=gen)[0, 0].numpy() * 255
+        ref, _ = decode_image(path.read_bytes(), Preprocessing(input_size=(32, 32), resize=rule))
+        assert np.abs(mine - ref.astype(float)).mean() < 6.0, rule
+    # a lateral factor of 2 shows half as many A-scans: the stretched crop then matches a centre crop of half the width
+    wide = _crop_strips(torch, strips, widths, [0], out_hw=(32, 32), resize="stretch", lateral=(2.0, 2.0), gen=gen)[0, 0].numpy() * 255
+    half = a[:, 48:144]
+    ref = np.asarray(Image.fromarray(half).resize((32, 32), Image.BOX), float)
+    assert np.abs(wide - ref).mean() < 8.0
