@@ -127,8 +127,10 @@ class TensorRTRunner(Runner):
 
     def _run(self, input_ptr: int, n: int, stream) -> np.ndarray:
         cudart = self._cudart
-        self._context.set_input_shape(self._in, (n, *self._in_shape))
-        self._context.set_tensor_address(self._in, int(input_ptr))
+        if not self._context.set_input_shape(self._in, (n, *self._in_shape)):
+            raise RuntimeError(f"TensorRT refused input shape {(n, *self._in_shape)} (outside the engine's profile?)")
+        if not self._context.set_tensor_address(self._in, int(input_ptr)):
+            raise RuntimeError("TensorRT refused the input address")
         if not self._context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         out = self._out_host[:n]
