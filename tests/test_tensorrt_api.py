@@ -93,6 +93,9 @@ def test_runner_splits_host_and_device_batches_over_the_profile_maximum(report):
     # 40 device rows, profile max 16: three slices of the same device buffer, no host->device copy.
     assert r["device_max_diff"] < 1e-5 and r["device_batches"] == [16, 16, 8]
     assert r["device_offsets"] == [0, 16 * r["row_bytes"], 32 * r["row_bytes"]] and r["device_h2d_copies"] == 0
+    ins, outs = r["inspect_io"]  # octbatch inspect on a TensorRT engine
+    assert [(i["name"], i["shape"]) for i in ins] == [("input", [-1, 1, 32, 32])] and [o["name"] for o in outs] == ["logits"]
+    assert ins[0]["dtype"] == "DataType.FLOAT"
 
 
 def test_runner_refuses_an_engine_without_float32_io(report):

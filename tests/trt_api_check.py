@@ -330,10 +330,14 @@ def scenario_runtime(model: str, work: str, dtype=None) -> dict:
             calls.clear()
             dev = np.ascontiguousarray(x)
             got_dev = r.infer_device(dev.ctypes.data, 40)
+            from octbatch.engines import _trt_io  # what `octbatch inspect` shows for an engine
+
+            ins, outs = _trt_io(plan)
             return {"host_max_diff": float(np.abs(got_host - want[:21]).max()), "host_batches": host_shapes,
                     "device_max_diff": float(np.abs(got_dev - want).max()), "device_batches": [s[0] for s in fr.shapes],
                     "device_offsets": [a - dev.ctypes.data for a in fr.in_addrs], "row_bytes": 32 * 32 * 4,
-                    "device_h2d_copies": sum(1 for c in calls if c[0] == "cudaMemcpyAsync" and c[1] == 1)}
+                    "device_h2d_copies": sum(1 for c in calls if c[0] == "cudaMemcpyAsync" and c[1] == 1),
+                    "inspect_io": [ins, outs]}
 
     return _run(go)
 
