@@ -103,13 +103,21 @@ def test_runner_refuses_an_engine_without_float32_io(report):
     assert not r["ok"] and "OctbatchError" in r["error"] and "float32" in r["error"]
 
 
-def test_build_engine_best_builds_fp16_from_a_converted_graph_and_int8_from_qdq(report):
-    r = report["build_engine_best"]
-    assert r["ok"], (r.get("trace") or r.get("error"), r.get("log"))
-    assert r["candidates"] == ["fp16", "int8"] and r["picked"] in ("fp16", "int8")
+@pytest.mark.parametrize("precision", ["fp16", "int8", "best"])
+def test_octbatch_build_engine_cli_on_the_real_api(report, precision):
+    """octbatch build-engine MODEL --backend tensorrt --precision fp16|int8|best, through the CLI."""
+    r = report[f"cli_{precision}"]
+    assert r["ok"], (r.get("error"), r["stderr_tail"])
+    assert all(b["errors"] == [] and b["set_flags"] == [] for b in r["builds"])
     assert r["options"]["typing"] == "strong" and r["machine_tensorrt"] == report["version"]
-    assert all(b["errors"] == [] and b["set_flags"] == [] for b in r["builds"]) and len(r["builds"]) == 2
     seen = {m["file"]: m for m in r["precision_inputs"]}
-    assert seen["fp16.onnx"]["initializers"].get("fp16") and "fp32" not in seen["fp16.onnx"]["initializers"]
-    assert set(seen["fp16.onnx"]["io"].values()) == {"fp32"}  # the runner and DALI keep feeding float32
-    assert "qdq.onnx" in seen
+    if precision in ("fp16", "best"):  # the fp16 engine is built from the converted graph, fp32 at its edges
+        assert seen["fp16.onnx"]["initializers"].get("fp16") and "fp32" not in seen["fp16.onnx"]["initializers"]
+        assert set(seen["fp16.onnx"]["io"].values()) == {"fp32"}
+    if precision in ("int8", "best"):  # int8 from the Q/DQ graph calibrated on the scans
+        assert "qdq.onnx" in seen and r["guard"]["n"] > 0
+    if precision == "best":
+        assert len(r["builds"]) == 2 and sorted(r["selection"]["img_per_s"]) == ["fp16", "int8"]
+        assert r["selection"]["picked"] == r["precision"]
+    else:
+        assert len(r["builds"]) == 1 and r["precision"] == precision

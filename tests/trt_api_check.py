@@ -342,55 +342,59 @@ def scenario_runtime(model: str, work: str, dtype=None) -> dict:
     return _run(go)
 
 
-def scenario_build_engine_best(model: str, archive: str, work: str) -> dict:
+def scenario_cli(model: str, archive: str, work: str, precision: str) -> dict:
+    """`octbatch build-engine MODEL --backend tensorrt --precision P` through the real CLI."""
+    from click.testing import CliRunner
     from trt_fakes import Calls, install_cuda
 
-    from octbatch import engines
+    from octbatch.cli import cli
 
     install_cuda(Calls())
-    builds = []
+    builds: list = []
+    seen: list = []
 
     class Recording(FakeBuild):
+        def __init__(self):
+            super().__init__()
+            parse = self.parser.parse_from_file.side_effect
+
+            def record(path):
+                from octbatch.onnx_cast import float_types
+
+                seen.append({"file": os.path.basename(path), **float_types(path)})
+                return parse(path)
+
+            self.parser.parse_from_file.side_effect = record
+
         def _build(self, network, config):
             out = super()._build(network, config)
             builds.append({"errors": self.errors, "flags": self.flags_given, "set_flags": self.set_flags})
             return out
 
-    # A fresh builder per build_serialized_engine call, as real TensorRT gives.
-    trt.Builder = constructor("Builder", lambda: _fresh(Recording).builder)
-    trt.OnnxParser = constructor("OnnxParser", lambda: _current.parser)
+    current: list = []
+
+    def new_builder():  # a fresh builder (and parser) per build, as real TensorRT gives
+        current[:] = [Recording()]
+        return current[0].builder
+
+    trt.Builder = constructor("Builder", new_builder)
+    trt.OnnxParser = constructor("OnnxParser", lambda: current[0].parser)
     FakeRun(model).install()
-    msgs: list[str] = []
-
-    def go():
-        res = engines.build_engine(model, backend="tensorrt", precision="best", batch="1:8:16", calib=archive, calib_size=16,
-                                   guard_size=8, cache_dir=os.path.join(work, "cache"), force=True, log=msgs.append)
-        return {"picked": res.selection["picked"], "candidates": sorted(res.selection["img_per_s"]),
-                "guard_agreement": res.fingerprint["guard"]["agreement"], "options": res.fingerprint["options"],
-                "machine_tensorrt": res.fingerprint["machine"]["tensorrt"], "precision_inputs": _seen_models}
-
-    out = _run(go)
-    out.update(builds=builds, log=msgs[-12:])
+    args = ["build-engine", model, "--backend", "tensorrt", "--precision", precision, "--batch", "1:8:16",
+            "--cache-dir", os.path.join(work, f"cache-{precision}"), "--out", os.path.join(work, f"cli-{precision}.engine"), "--json"]
+    if precision in ("int8", "best"):
+        args += ["--calib", archive, "--calib-size", "16", "--guard-size", "8", "--force"]
+    r = CliRunner().invoke(cli, args)
+    out = {"ok": r.exit_code == 0, "exit_code": r.exit_code, "builds": builds, "precision_inputs": seen,
+           "stderr_tail": (r.stderr if hasattr(r, "stderr") else r.output)[-1500:]}
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        out["error"] = f"{type(r.exception).__name__}: {r.exception}"
+    if r.exit_code == 0:
+        res = json.loads(r.stdout)
+        fp = json.loads(open(res["fingerprint"]).read())
+        out.update(precision=res["precision"], selection=res["selection"], guard=res["guard"], options=fp["options"],
+                   machine_tensorrt=fp["machine"]["tensorrt"])
     return out
-
-
-_current = None
-_seen_models: list = []
-
-
-def _fresh(cls):
-    global _current
-    _current = cls()
-    parse = _current.parser.parse_from_file.side_effect
-
-    def record(path):
-        from octbatch.onnx_cast import float_types
-
-        _seen_models.append({"file": os.path.basename(path), **float_types(path)})
-        return parse(path)
-
-    _current.parser.parse_from_file.side_effect = record
-    return _current
 
 
 def checker_self_test() -> dict:
@@ -426,7 +430,8 @@ def main() -> int:
     results["build_without_profile"] = scenario_build(model, work, "fp16", drop_profiles=True)
     results["runtime"] = scenario_runtime(model, work)
     results["runtime_half_io"] = scenario_runtime(model, work, dtype=trt.DataType.HALF)
-    results["build_engine_best"] = scenario_build_engine_best(model, archive, work)
+    for prec in ("fp16", "int8", "best"):
+        results[f"cli_{prec}"] = scenario_cli(model, archive, work, prec)
     print(json.dumps(results, default=str))
     return 0
 
