@@ -1,21 +1,26 @@
-"""One short GPU check: which of torch-CUDA, DALI (mixed decode) and TensorRT are here, and for each
-present one, does it work and how fast is it on real scans.
+"""One short GPU check that cannot report success it did not see: which of torch-CUDA, DALI (mixed
+decode) and TensorRT are here, and for each present one, does it work and how fast is it on real scans.
 
-    python benchmarks/gpu_check.py [--archive DIR] [--out DIR] [--files N] [--budget-s S]
+    python benchmarks/gpu_check.py --archive DIR --out DIR [--files N] [--budget-s S]
 
-Installs nothing. A missing piece is reported as "absent" (with the import error), never a crash; a
-check that fails is reported as "failed" with its error, and the others still run. Prints one table
-and writes gpu_check.json to --out. Sized to finish in a few minutes on one H100.
+Installs nothing (benchmarks/gpu_check.sh brings what a bare GPU machine lacks). A missing piece is
+"absent" (with the import error); a check that fails is "failed" with its error, and the others still
+run. Every stage counts the rows it decoded or classified correctly and FAILS when it produced none
+(a machine without simplejpeg turns every scan into an error row: that is a failure, not a speed).
+Rates are good rows per second. An overall time budget (default 540 s) skips checks that would start
+after it and interrupts one that runs past it. Writes gpu_check.json and gpu_check.md (one Markdown
+table) to --out; exits 1 when any check failed.
 
 Checks (each only when its pieces are present):
   env            python, GPU name and driver (nvidia-smi), library versions
-  cpu_decode     octbatch's CPU decoder, decode-only img/s (the reference)
+  cpu_decode     octbatch's CPU decoder, decode-only good img/s (the reference)
   dali_mixed     DALI mixed decode vs the CPU decoder on real scans (pixel diff, top-1) and decode-only
                  img/s to device memory (the decode ceiling)
-  tensorrt       build the shipped model as an FP16 engine (engines.build_tensorrt_engine), compare with
-                 ONNX Runtime (top-1 agreement, max prob diff), inference-only img/s (the inference ceiling)
+  tensorrt       build the shipped model as an fp16 engine (engines.build_tensorrt_engine: strongly
+                 typed, fp16 graph), compare with ONNX Runtime (top-1 agreement, max prob diff),
+                 inference-only img/s (the inference ceiling)
   torch_cuda     the shipped model's architecture (octbatch.train.build_model, random weights: speed does
-                 not depend on them) in FP16 on the GPU, and nvJPEG decode via torchvision when present
+                 not depend on them) in fp16 on the GPU, and nvJPEG decode via torchvision when present
   end_to_end     `octbatch run` on the archive with the GPU path (DALI mixed, and TensorRT when built),
                  against the 10,000 scans/s target and 85% of min(decode, inference) ceilings
 """
@@ -27,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,10 +44,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 TARGET_SCANS_PER_S = 10_000
-DATA_CANDIDATES = [REPO / "shared" / "data" / "oct2017", REPO.parent / "shared" / "data" / "oct2017"]
 
 results: dict = {"checks": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 T0 = time.perf_counter()
+BUDGET_S = 540.0  # set from --budget-s
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but produced nothing it could vouch for (e.g. zero decoded scans)."""
+
+
+class BudgetExceeded(RuntimeError):
+    pass
 
 
 def record(name: str, status: str, **info) -> dict:
@@ -49,15 +63,36 @@ def record(name: str, status: str, **info) -> dict:
     return results["checks"][name]
 
 
-def attempt(name: str, fn, budget_s: float):
-    """Run one check; never let it take the script down."""
-    if time.perf_counter() - T0 > budget_s:
-        return record(name, "skipped", reason=f"time budget of {budget_s:.0f} s used up")
+def left_s() -> float:
+    return BUDGET_S - (time.perf_counter() - T0)
+
+
+def require_good(stage: str, good: int, total: int, what: str = "scans decoded") -> None:
+    """Fail the stage loudly when it produced no good rows (never print a speed for error rows)."""
+    if total <= 0:
+        raise StageFailed(f"{stage}: no input files")
+    if good <= 0:
+        raise StageFailed(f"{stage}: 0 of {total} {what}; every row was an error (is simplejpeg installed? see the env check)")
+
+
+def _on_alarm(signum, frame):
+    raise BudgetExceeded(f"time budget of {BUDGET_S:.0f} s used up")
+
+
+def attempt(name: str, fn):
+    """Run one check; never let it take the script down. Interrupted when the budget runs out."""
+    remaining = left_s()
+    if remaining <= 5:
+        return record(name, "skipped", reason=f"time budget of {BUDGET_S:.0f} s used up")
     t = time.perf_counter()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(max(1, int(remaining)))
     try:
         out = fn()
     except Exception as exc:  # noqa: BLE001 - report and go on
         out = record(name, "failed", error=f"{type(exc).__name__}: {str(exc)[:400]}", trace=traceback.format_exc(limit=4)[-1500:])
+    finally:
+        signal.alarm(0)
     out.setdefault("seconds", round(time.perf_counter() - t, 1))
     return out
 
@@ -99,20 +134,15 @@ def present(mod: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def prepare_archive(arg: str | None, files: int, tmp: Path) -> tuple[str, str]:
-    """(archive with ~`files` scans, where the scans came from). Real scans are hard-linked, not copied."""
-    src = Path(arg) if arg else next((p for p in DATA_CANDIDATES if p.is_dir()), None)
-    if src is None:
-        from octbatch.synth import make_archive
-
-        src = tmp / "synthetic"
-        make_archive(src, 256, broken=False)
-        origin = "synthetic (octbatch.synth; no real scans found: pass --archive)"
-    else:
-        origin = str(src)
+def prepare_archive(arg: str, files: int, tmp: Path) -> tuple[str, str, int]:
+    """(archive of `files` scans, where they came from, distinct source scans). Real scans are
+    hard-linked, not copied; with fewer scans than `files` they are repeated under new names."""
+    src = Path(arg)
+    if not src.is_dir():
+        raise SystemExit(f"gpu_check: --archive {arg} is not a folder")
     scans = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".tif", ".tiff") and p.is_file())
     if not scans:
-        raise SystemExit(f"no scans under {src}")
+        raise SystemExit(f"gpu_check: no scans under {src}")
     dst = tmp / "archive"
     for i in range(files):
         s = scans[i % len(scans)]
@@ -122,7 +152,7 @@ def prepare_archive(arg: str | None, files: int, tmp: Path) -> tuple[str, str]:
             os.link(s, d)
         except OSError:
             shutil.copyfile(s, d)
-    return str(dst), origin
+    return str(dst), str(src), len(scans)
 
 
 def model_path(tmp: Path) -> str:
@@ -149,13 +179,19 @@ def check_cpu_decode(archive: str, model: str) -> dict:
     spec = load_model_info(model).preprocessing
     paths = paths_of(archive)
     with CpuDecoder(spec, threads=os.cpu_count() or 2) as dec:
-        dec.decode_batch(paths[:256])  # warm-up
+        warm = dec.decode_batch(paths[:256])
+        require_good("cpu_decode", int(warm.ok.sum()), len(paths[:256]))
         t = time.perf_counter()
         n = 0
+        first_error = None
         for i in range(0, len(paths), 256):
-            n += int(dec.decode_batch(paths[i:i + 256]).ok.sum())
+            b = dec.decode_batch(paths[i:i + 256])
+            n += int(b.ok.sum())
+            first_error = first_error or next((e for e in b.errors if e), None)
         dt = time.perf_counter() - t
-    return record("cpu_decode", "ok", files=len(paths), decoded=n, img_per_s=round(len(paths) / dt), threads=os.cpu_count())
+    require_good("cpu_decode", n, len(paths))
+    return record("cpu_decode", "ok", files=len(paths), decoded=n, errors=len(paths) - n, first_error=first_error,
+                  img_per_s=round(n / dt), threads=os.cpu_count())
 
 
 def check_dali_mixed(archive: str, model: str, device: str = "gpu") -> dict:
@@ -170,6 +206,7 @@ def check_dali_mixed(archive: str, model: str, device: str = "gpu") -> dict:
         return record("dali_mixed", "absent", reason="DALI present but no CUDA GPU visible")
     parity = verify_preprocessing(archive, model=model, limit=1024, batch_size=256, device=device)
     parity.pop("mismatched", None)
+    require_good("dali_mixed parity", int(parity.get("compared") or 0), int(parity.get("files") or 0), "scans decoded by both DALI and the CPU decoder")
     spec = load_model_info(model).preprocessing
     paths = paths_of(archive)
     speeds = {}
@@ -177,12 +214,17 @@ def check_dali_mixed(archive: str, model: str, device: str = "gpu") -> dict:
         with DaliDecoder(spec, threads=min(8, os.cpu_count() or 2), device=device, batch_size=256, hw_decoder_load=load) as dec:
             dec.decode_batch_device(paths[:256]).release()  # warm-up and build
             t = time.perf_counter()
+            good = 0
             for i in range(0, len(paths), 256):
-                dec.decode_batch_device(paths[i:i + 256]).release()
-            speeds[str(load)] = round(len(paths) / (time.perf_counter() - t))
+                b = dec.decode_batch_device(paths[i:i + 256])
+                good += len(b.device_rows) + int(b.ok[b.host_rows].sum()) if b.host_rows else len(b.device_rows)
+                b.release()
+            speeds[str(load)] = round(good / (time.perf_counter() - t))
+            require_good(f"dali_mixed (hw_decoder_load {load})", good, len(paths))
             stats = dict(dec.stats)
     best = max(speeds.values())
-    return record("dali_mixed", "ok", device=device, parity=parity, decode_img_per_s_by_hw_load=speeds, decode_img_per_s=best, stats=stats)
+    return record("dali_mixed", "ok", device=device, parity=parity, files=len(paths), decoded=good, decode_img_per_s_by_hw_load=speeds,
+                  decode_img_per_s=best, stats=stats)
 
 
 def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
@@ -201,10 +243,11 @@ def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
     spec = info.preprocessing
     engine = str(tmp / "engine-fp16.plan")
     t = time.perf_counter()
-    build_tensorrt_engine(model, engine, precision="fp16", batch=(1, 64, 256), log=lambda *_: None)
+    built = build_tensorrt_engine(model, engine, precision="fp16", batch=(1, 64, 256), log=lambda *_: None)
     build_s = time.perf_counter() - t
     with CpuDecoder(spec, threads=os.cpu_count() or 2) as dec:
         b = dec.decode_batch(paths_of(archive)[:1024])
+    require_good("tensorrt (input scans from the CPU decoder)", int(b.ok.sum()), len(b.ok))
     imgs = b.images[b.ok]
     x = normalize_into(np.empty((len(imgs), spec.channels, spec.height, spec.width), np.float32), imgs, spec)
     with OnnxRuntimeRunner(info, threads=os.cpu_count() or 2) as ort, TensorRTRunner(info, engine_path=engine, precision="fp16") as trt:
@@ -217,7 +260,9 @@ def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
         if torch is not None and torch.cuda.is_available():
             xd = torch.from_numpy(xb).cuda().contiguous()
             device_ips = _rate(lambda: trt.infer_device(xd.data_ptr(), 256, None), 256)
-    return record("tensorrt", "ok", build_seconds=round(build_s, 1), engine=engine, compared=len(x),
+    agree = int((ref.argmax(1) == got.argmax(1)).sum())
+    require_good("tensorrt", agree, len(x), "engine predictions agreeing with ONNX Runtime")
+    return record("tensorrt", "ok", build_seconds=round(build_s, 1), engine=engine, compared=len(x), tensorrt_version=built.fingerprint["machine"].get("tensorrt"),
                   top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()), prob_max_diff=float(np.abs(ref - got).max()),
                   infer_img_per_s_host_input=round(host_ips), infer_img_per_s_device_input=round(device_ips) if device_ips else None)
 
@@ -264,9 +309,14 @@ def check_torch_cuda(archive: str, model: str) -> dict:
             datas = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p in paths]
 
             def dec():
+                n = 0
                 for i in range(0, len(datas), 256):
-                    decode_jpeg(datas[i:i + 256], device="cuda")
+                    n += len(decode_jpeg(datas[i:i + 256], device="cuda"))
                 torch.cuda.synchronize()
+                return n
+
+            out["nvjpeg_decoded"] = dec()
+            require_good("torch_cuda nvJPEG", out["nvjpeg_decoded"], len(datas))
 
             out["nvjpeg_torchvision_decode_img_per_s"] = round(_rate(dec, len(datas), warmup=1, repeats=3))
         except Exception as exc:  # noqa: BLE001
@@ -279,12 +329,17 @@ def check_torch_cuda(archive: str, model: str) -> dict:
 def _octbatch_run(archive: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "octbatch", "run", archive, "--out", str(out), "--overwrite", "--json", "-q", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    timeout = max(5.0, min(240.0, left_s() - 5))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if p.returncode not in (0, 3):
         raise RuntimeError(f"octbatch run exited {p.returncode}: {p.stderr.strip()[-400:]}")
     s = json.loads(p.stdout)
-    return {"files": s.get("processed"), "errors": s.get("errors"), "files_per_s": round(s.get("files_per_second") or 0),
-            "seconds": round(s.get("seconds") or 0, 1), "decoder": s.get("decoder"), "backend": s.get("backend")}
+    processed, errors = int(s.get("processed") or 0), int(s.get("errors") or 0)
+    good = int(s.get("ok") if s.get("ok") is not None else processed - errors)
+    require_good(f"end_to_end {' '.join(extra)}", good, processed, "scans classified")
+    seconds = float(s.get("seconds") or 0)
+    return {"files": processed, "ok": good, "errors": errors, "files_per_s": round(good / seconds) if seconds else 0,
+            "seconds": round(seconds, 1), "decoder": s.get("decoder"), "backend": s.get("backend")}
 
 
 def check_end_to_end(archive: str, model: str, tmp: Path) -> dict:
@@ -320,7 +375,7 @@ def summary_line(name: str, c: dict) -> str:
     if name == "env":
         return f"GPUs {c['gpus'] or 'none'}; cuda devices {c['cuda_devices']}"
     if name == "cpu_decode":
-        return f"{c['img_per_s']:,} img/s decode-only ({c['threads']} threads)"
+        return f"{c['decoded']:,} of {c['files']:,} decoded; {c['img_per_s']:,} good img/s decode-only ({c['threads']} threads)"
     if name == "dali_mixed":
         p = c["parity"]
         return (f"{c['decode_img_per_s']:,} img/s decode-only; vs CPU: mean px diff {p.get('pixel_mean_diff', float('nan')):.2f}, "
@@ -333,45 +388,63 @@ def summary_line(name: str, c: dict) -> str:
         return (f"fp16 infer {c.get('infer_fp16_img_per_s_b256', '-'):,} img/s (b256), {c.get('infer_fp16_img_per_s_b1024', '-'):,} (b1024); "
                 f"nvJPEG decode {c.get('nvjpeg_torchvision_decode_img_per_s', c.get('nvjpeg_torchvision_decode'))}")
     if name == "end_to_end":
-        s = "; ".join(f"{k} {v['files_per_s']:,} files/s" for k, v in c["runs"].items())
+        s = "; ".join(f"{k} {v['ok']:,}/{v['files']:,} ok, {v['files_per_s']:,} good files/s" for k, v in c["runs"].items())
         if "fraction_of_ceiling" in c:
             s += f"; {c['fraction_of_ceiling'] * 100:.0f}% of ceiling {c['ceiling_img_per_s']:,}; target met: {c['meets_target']}"
         return s
     return ""
 
 
+def write_markdown(path: Path) -> None:
+    lines = [f"# octbatch gpu_check ({results['started']}, {results.get('seconds')} s)", "",
+             f"{results.get('files')} scans ({results.get('distinct_scans')} distinct) from {results.get('archive_source')}; model {results.get('model')}", "",
+             "| check | status | good / files | result |", "|---|---|---|---|"]
+    for name, c in results["checks"].items():
+        counts = f"{c['decoded']} / {c['files']}" if "decoded" in c and "files" in c else ""
+        lines.append(f"| {name} | {c['status']} | {counts} | {summary_line(name, c).replace('|', '/')} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
+    global BUDGET_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--archive", help="folder of real scans [default: shared/data/oct2017 if present, else synthetic]")
-    ap.add_argument("--out", default="gpu_check_out", help="folder for gpu_check.json")
+    ap.add_argument("--archive", required=True, help="folder of real scans (a few hundred are enough; repeated up to --files)")
+    ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     ap.add_argument("--files", type=int, default=4096, help="scans in the (hard-linked) test archive")
     ap.add_argument("--dali-device", choices=("gpu", "cpu"), default="gpu",
                     help="cpu: run the DALI check on DALI's CPU twin (tries this script without a GPU)")
-    ap.add_argument("--budget-s", type=float, default=240.0, help="skip checks not started after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="overall time budget: checks past it are skipped or interrupted")
     a = ap.parse_args()
+    BUDGET_S = a.budget_s
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="octbatch-gpucheck-"))
     try:
-        attempt("env", check_env, a.budget_s)
-        archive, origin = prepare_archive(a.archive, a.files, tmp)
+        attempt("env", check_env)
+        archive, origin, distinct = prepare_archive(a.archive, a.files, tmp)
         model = model_path(tmp)
-        results.update(archive_source=origin, files=a.files, model=model)
-        attempt("cpu_decode", lambda: check_cpu_decode(archive, model), a.budget_s)
-        attempt("dali_mixed", lambda: check_dali_mixed(archive, model, a.dali_device), a.budget_s)
-        attempt("tensorrt", lambda: check_tensorrt(archive, model, tmp), a.budget_s)
-        attempt("torch_cuda", lambda: check_torch_cuda(archive, model), a.budget_s)
-        attempt("end_to_end", lambda: check_end_to_end(archive, model, tmp), a.budget_s)
+        results.update(archive_source=origin, files=a.files, distinct_scans=distinct, model=model)
+        attempt("cpu_decode", lambda: check_cpu_decode(archive, model))
+        attempt("dali_mixed", lambda: check_dali_mixed(archive, model, a.dali_device))
+        attempt("tensorrt", lambda: check_tensorrt(archive, model, tmp))
+        attempt("torch_cuda", lambda: check_torch_cuda(archive, model))
+        attempt("end_to_end", lambda: check_end_to_end(archive, model, tmp))
     finally:
         results["seconds"] = round(time.perf_counter() - T0, 1)
+        failed = sorted(n for n, c in results["checks"].items() if c["status"] == "failed")
+        results["failed"] = failed
         (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
+        write_markdown(out_dir / "gpu_check.md")
         shutil.rmtree(tmp, ignore_errors=True)
     w = max(len(k) for k in results["checks"]) + 2
     print(f"octbatch gpu_check: {results.get('files')} scans from {results.get('archive_source')}, model {results.get('model')}")
     print(f"{'check':<{w}}{'status':<9}result")
     for name, c in results["checks"].items():
         print(f"{name:<{w}}{c['status']:<9}{summary_line(name, c)}")
-    print(f"wrote {out_dir / 'gpu_check.json'} ({results['seconds']} s)")
+    print(f"wrote {out_dir / 'gpu_check.json'} and gpu_check.md ({results['seconds']} s)")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

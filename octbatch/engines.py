@@ -5,7 +5,8 @@ Two backends behind one function (``build_engine``):
     CPUs; ALL adds layout transforms that can tie the file to the CPU it was made on), int8 = static
     Q/DQ quantization calibrated on real scans through octbatch's own decode + normalize. Dynamic
     quantization is never used: measured ~10x slower than fp32 here.
-  * tensorrt (GPU): a serialized engine with one batch-dimension profile (``backends.tensorrt``).
+  * tensorrt (GPU): a strongly typed serialized engine with one batch-dimension profile
+    (``engine_build_trt``; fp16/bf16 from a converted graph, ``onnx_cast``; int8 from a Q/DQ graph).
 
 Every engine gets a sidecar fingerprint (``ENGINE.fingerprint.json``) recording what it was built
 from and on: ``run --engine`` refuses an engine whose fingerprint does not match the machine (or
@@ -574,7 +575,7 @@ def _base_fingerprint(info, backend: str, precision: str, profile, calib: str | 
                   "output": info.output_kind, "card": info.card},
         "calibration": None if not calib_entries else {
             "archive": os.path.abspath(calib), "files": len(calib_entries), "hash": calibration_hash(calib_entries)},
-        "options": {"ort_graph_optimization": ORT_OPT_LEVEL} if backend == "onnxruntime" else {"int8_mode": "explicit-qdq"},
+        "options": {"ort_graph_optimization": ORT_OPT_LEVEL} if backend == "onnxruntime" else {"int8_mode": "explicit-qdq", "typing": "strong"},
         # An EXTENDED-level ORT graph is plain ONNX + portable contrib ops; only ALL (layout
         # transforms for the build CPU's vector width) would tie it to the CPU.
         "hardware_specific": backend == "tensorrt",
@@ -693,12 +694,17 @@ def _build_files(info, backend, precision, profile, calib_entries, dst, workspac
         _ort_quantize_static(info.path, dst, _calib_batches(info, calib_entries, 32), info.input_name)
         _copy_metadata(meta, dst, {"octbatch.precision": "int8"})
         return
-    # tensorrt
-    from .backends.tensorrt import build_serialized_engine
+    # tensorrt: strongly typed builds, the precision lives in the graph (engine_build_trt)
+    from .engine_build_trt import build_serialized_engine
 
     src = info.path
     work = os.path.dirname(dst)
-    if precision == "int8":
+    if precision in ("fp16", "bf16"):
+        from .onnx_cast import cast_model
+
+        log(f"{precision}: converting the graph to {precision} with fp32 inputs/outputs (strongly typed TensorRT build)")
+        src = cast_model(info.path, os.path.join(work, f"{precision}.onnx"), precision)
+    elif precision == "int8":
         log(f"int8: making a symmetric Q/DQ model calibrated on {len(calib_entries)} scans (TensorRT explicit quantization)")
         src = os.path.join(work, "qdq.onnx")
         _ort_quantize_static(info.path, src, _calib_batches(info, calib_entries, 32), info.input_name, symmetric=True)

@@ -251,6 +251,29 @@ def test_device_batch_holds_its_buffer_until_released(tmp_path):
         b3.release()
 
 
+def test_a_ragged_dali_output_goes_to_the_cpu_instead_of_failing_the_batch(tmp_path, monkeypatch):
+    """DALI 2.x hands back a TensorList that is dense only when every sample has one shape; a ragged
+    one cannot be as_tensor()'d, so its rows are decoded on the CPU (checked with is_dense_tensor())."""
+    paths = [_write(tmp_path, f"r{i}.jpeg", jpeg_bytes(scan(60 + i))) for i in range(3)]
+
+    class Ragged:
+        def is_dense_tensor(self):
+            return False
+
+        def as_tensor(self):
+            raise RuntimeError("ragged batch")
+
+    with CpuDecoder(SPEC, threads=1) as cpu, DaliDecoder(SPEC, threads=1) as dec:
+        want = cpu.decode_batch(paths)
+        monkeypatch.setattr(dec, "_run", lambda slot, output, items: Ragged())
+        b = dec.decode_batch_device(paths)
+        assert b.ptr is None and b.device_rows == [] and b.host_rows == [0, 1, 2] and b.ok.all()
+        np.testing.assert_array_equal(b.host_images, want.images)
+        b.release()
+        h = dec.decode_batch(paths)
+        assert h.ok.all() and np.array_equal(h.images, want.images) and dec.stats["not_dense"] == 2
+
+
 def test_gpu_decoder_without_a_gpu_says_how_to_fix_it():
     if cuda_device_count() > 0:
         pytest.skip("a CUDA GPU is present")

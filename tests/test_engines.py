@@ -358,7 +358,7 @@ def test_inspect_engine_and_plain_model(tmp_path, cache, archive, tiny_model):
 
 
 def test_engine_modules_stay_light():
-    code = ("import sys, octbatch.cli, octbatch.cli_engines, octbatch.engines, octbatch.backends.tensorrt\n"
+    code = ("import sys, octbatch.cli, octbatch.cli_engines, octbatch.engines, octbatch.backends.tensorrt, octbatch.engine_build_trt, octbatch.onnx_cast\n"
             "heavy = [m for m in ('onnxruntime', 'tensorrt', 'cuda', 'torch', 'onnx') if m in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,11 +1,11 @@
-"""The TensorRT backend against a stand-in of the TensorRT 10 / cuda-python APIs.
+"""The TensorRT backend against stand-ins of the TensorRT 10 / 11 and cuda-python APIs.
 
-TensorRT cannot be installed here, so these tests install small fakes of exactly the calls the
-backend makes (as documented for TensorRT 10: Builder, OnnxParser, IBuilderConfig, optimization
-profiles, timing cache, Runtime, named I/O tensors, execute_async_v3; cuda-python's cudaMalloc /
-cudaMemcpyAsync / streams). "Device" memory is host memory here, and the fake engine runs the ONNX
-model with ONNX Runtime, so the runner's buffer, shape and partial-batch logic is checked against
-real numbers. What the fakes cannot check is TensorRT itself: see the gpu-marked test.
+These fakes check what the real-bindings tests (test_tensorrt_api.py) cannot: the ORDER of calls
+(the profile is added before the build, the stream is synchronised before outputs are read) and the
+runner's numbers, with "device" memory as host memory and the fake engine running the ONNX model with
+ONNX Runtime. They are parametrised over a 10.x-shaped and an 11.x-shaped module (11 has no
+BuilderFlag.FP16/BF16/INT8 and no EXPLICIT_BATCH; STRONGLY_TYPED is bit 1 in 10.x, bit 0 in 11.x, as
+in the real bindings). What no fake can check is TensorRT itself: see the gpu-marked test.
 """
 
 from __future__ import annotations
@@ -18,66 +18,33 @@ import types
 
 import numpy as np
 import pytest
+from trt_fakes import Calls, cuda_modules
 
 from octbatch import engines
 
-
-class _Rec(list):
-    def __call__(self, item):
-        self.append(item)
+FAKE_VERSIONS = ("10.3.0", "11.4.0")
 
 
-def _fake_cudart(calls):
-    rt = types.ModuleType("cuda.bindings.runtime")
-    buffers = {}
-
-    class Kind(enum.IntEnum):
-        cudaMemcpyHostToDevice = 1
-        cudaMemcpyDeviceToHost = 2
-
-    class Props:
-        name, major, minor = b"Fake GPU 9000", 9, 0
-
-    def malloc(n):
-        buf = np.zeros(n, np.uint8)
-        buffers[buf.ctypes.data] = buf
-        calls(("cudaMalloc", n))
-        return (0, buf.ctypes.data)
-
-    def memcpy_async(dst, src, n, kind, stream):
-        calls(("cudaMemcpyAsync", int(kind), n))
-        ctypes.memmove(int(dst), int(src), n)
-        return (0,)
-
-    rt.cudaMemcpyKind = Kind
-    rt.cudaMalloc = malloc
-    rt.cudaFree = lambda p: (calls(("cudaFree",)), buffers.pop(p, None), (0,))[-1]
-    rt.cudaMemcpyAsync = memcpy_async
-    rt.cudaMemcpy = lambda d, s, n, k: memcpy_async(d, s, n, k, 0)
-    rt.cudaStreamCreate = lambda: (0, 7)
-    rt.cudaStreamDestroy = lambda s: (0,)
-    rt.cudaStreamSynchronize = lambda s: (calls(("cudaStreamSynchronize", s)), (0,))[-1]
-    rt.cudaSetDevice = lambda d: (0,)
-    rt.cudaGetDeviceProperties = lambda d: (0, Props())
-    rt.cudaRuntimeGetVersion = lambda: (0, 12060)
-    rt.cudaDriverGetVersion = lambda: (0, 12080)
-    return rt
-
-
-def _fake_trt(calls, onnx_path, max_batch=16):
-    """Builder side records calls; runtime side runs ``onnx_path`` with ONNX Runtime."""
+def _fake_trt(calls, onnx_path, max_batch=16, version="10.3.0"):
+    """Builder side records calls; runtime side runs ``onnx_path`` with ONNX Runtime. The enums have
+    the members the real release has (checked against the real bindings in test_tensorrt_api.py)."""
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
+    trt.__version__ = version
+    ten = version.startswith("10.")
     trt.Logger = type("Logger", (), {"WARNING": 2, "ERROR": 1, "__init__": lambda self, sev=2: None})
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 INT8")
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 INT8 TF32" if ten else "TF32 REFIT")
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0})
+    trt.DataType = enum.Enum("DataType", "FLOAT HALF")
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if ten else {"STRONGLY_TYPED": 0})
 
     class Input:
         name, shape = "input", (-1, 1, 32, 32)
 
     class Network:
+        num_inputs = 1
+
         def get_input(self, i):
             return Input()
 
@@ -101,6 +68,8 @@ def _fake_trt(calls, onnx_path, max_batch=16):
             return self.data
 
     class Config:
+        profiles = 0
+
         def set_memory_pool_limit(self, pool, size):
             calls(("set_memory_pool_limit", pool.name, size))
 
@@ -109,6 +78,8 @@ def _fake_trt(calls, onnx_path, max_batch=16):
 
         def add_optimization_profile(self, p):
             calls(("add_optimization_profile",))
+            self.profiles += 1
+            return self.profiles - 1
 
         def create_timing_cache(self, data):
             calls(("create_timing_cache", bytes(data)))
@@ -136,7 +107,7 @@ def _fake_trt(calls, onnx_path, max_batch=16):
 
         def build_serialized_network(self, network, config):
             calls(("build_serialized_network",))
-            return b"PLAN"
+            return b"PLAN" if config.profiles else None  # TensorRT refuses a dynamic input without a profile
 
     class Context:
         def __init__(self):
@@ -148,11 +119,14 @@ def _fake_trt(calls, onnx_path, max_batch=16):
         def set_input_shape(self, name, shape):
             calls(("set_input_shape", name, tuple(shape)))
             self.shape = tuple(shape)
+            return True
 
         def set_tensor_address(self, name, ptr):
             self.addr[name] = ptr
+            return True
 
         def execute_async_v3(self, stream):
+            calls(("execute_async_v3", stream))
             n = int(np.prod(self.shape))
             x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["input"])).reshape(self.shape).copy()
             y = self.sess.run(None, {"input": x})[0].astype(np.float32)
@@ -172,7 +146,7 @@ def _fake_trt(calls, onnx_path, max_batch=16):
             return (-1, 1, 32, 32) if name == "input" else (-1, 4)
 
         def get_tensor_dtype(self, name):
-            return "FLOAT"
+            return trt.DataType.FLOAT
 
         def get_tensor_profile_shape(self, name, profile):
             return (1, 1, 32, 32), (8, 1, 32, 32), (max_batch, 1, 32, 32)
@@ -192,35 +166,47 @@ def _fake_trt(calls, onnx_path, max_batch=16):
     return trt
 
 
-@pytest.fixture
-def fakes(monkeypatch, tiny_model):
-    calls = _Rec()
-    cuda = types.ModuleType("cuda")
-    bindings = types.ModuleType("cuda.bindings")
-    rt = _fake_cudart(calls)
-    cuda.bindings, bindings.runtime = bindings, rt
-    trt = _fake_trt(calls, tiny_model)
-    for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
+@pytest.fixture(params=FAKE_VERSIONS)
+def fakes(request, monkeypatch, tiny_model):
+    calls = Calls()
+    calls.version = request.param
+    trt = _fake_trt(calls, tiny_model, version=request.param)
+    for name, mod in {"tensorrt": trt, **cuda_modules(calls)}.items():
         monkeypatch.setitem(sys.modules, name, mod)
     return calls
 
 
-def test_builder_uses_one_batch_profile_precision_flags_and_a_timing_cache(fakes, tiny_model, tmp_path):
-    from octbatch.backends.tensorrt import build_serialized_engine
+def test_builder_adds_the_profile_before_building_and_sets_no_precision_flags(fakes, tiny_model, tmp_path):
+    from octbatch.engine_build_trt import build_serialized_engine
 
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
     plan = build_serialized_engine(tiny_model, precision="fp16", batch=(1, 8, 16), workspace_gb=2, timing_cache=str(cache))
     assert plan == b"PLAN"
-    assert ("create_network", 0) in fakes  # TensorRT 10: explicit batch is the only mode, flags 0
+    strongly_typed = 2 if fakes.version.startswith("10.") else 1  # 1 << STRONGLY_TYPED of that release
+    assert ("create_network", strongly_typed) in fakes
     assert ("set_shape", "input", (1, 1, 32, 32), (8, 1, 32, 32), (16, 1, 32, 32)) in fakes
     assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in fakes
-    assert [c for c in fakes if c[0] == "set_flag"] == [("set_flag", "FP16")]
+    assert not [c for c in fakes if c[0] == "set_flag"]  # strongly typed: the precision is in the graph
     assert ("create_timing_cache", b"old") in fakes and cache.read_bytes() == b"old+tuned"
+    order = [c[0] for c in fakes if c[0] in ("set_shape", "add_optimization_profile", "build_serialized_network")]
+    assert order == ["set_shape", "add_optimization_profile", "build_serialized_network"]
 
-    fakes.clear()
-    build_serialized_engine(tiny_model, precision="int8", batch=(1, 8, 16))
-    assert {c[1] for c in fakes if c[0] == "set_flag"} == {"INT8", "FP16"}
+
+def test_builder_without_strong_typing_falls_back_to_the_flags_that_exist(fakes, tiny_model, monkeypatch):
+    """Feature detection, not version strings: a TensorRT lacking STRONGLY_TYPED gets the builder
+    flags if it has them, and a clear error if it has neither."""
+    from octbatch.engine_build_trt import build_serialized_engine
+    from octbatch.errors import OctbatchError
+
+    trt = sys.modules["tensorrt"]
+    monkeypatch.setattr(trt, "NetworkDefinitionCreationFlag", enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0}))
+    if fakes.version.startswith("10."):
+        build_serialized_engine(tiny_model, precision="int8", batch=(1, 8, 16))
+        assert ("create_network", 0) in fakes and {c[1] for c in fakes if c[0] == "set_flag"} == {"INT8", "FP16"}
+    else:
+        with pytest.raises(OctbatchError, match="neither strongly typed networks nor BuilderFlag.FP16"):
+            build_serialized_engine(tiny_model, precision="fp16", batch=(1, 8, 16))
 
 
 def test_runner_matches_onnxruntime_with_partial_and_oversized_batches(fakes, tiny_model, tmp_path):
@@ -233,17 +219,21 @@ def test_runner_matches_onnxruntime_with_partial_and_oversized_batches(fakes, ti
     x = np.random.default_rng(0).normal(0, 1, (21, 1, 32, 32)).astype(np.float32)  # 16 + a partial 5
     with make_runner("onnxruntime", info) as ref, make_runner("tensorrt", info, engine_path=str(plan), precision="fp16") as r:
         assert r.name == "tensorrt" and r.precision == "fp16" and r.max_batch == 16
+        fakes.clear()
         want, got = ref.infer(x), r.infer(x)
         assert got.shape == (21, 4) and np.allclose(want, got, atol=1e-5)
         assert [c[2][0] for c in fakes if c[0] == "set_input_shape"] == [16, 5]
-        # Input already on the "GPU": only the probabilities travel back.
-        dev = x[:3].copy()
+        # Outputs are read only after the device->host copy was synchronised on the stream.
+        seq = [c[0] for c in fakes if c[0] in ("execute_async_v3", "cudaStreamSynchronize") or c[:2] == ("cudaMemcpyAsync", 2)]
+        assert seq == ["execute_async_v3", "cudaMemcpyAsync", "cudaStreamSynchronize"] * 2
+        # Input already on the "GPU": only the probabilities travel back, in profile-sized slices.
+        dev = x.copy()
         fakes.clear()
-        p = r.infer_device(dev.ctypes.data, 3)
-        assert np.allclose(p, want[:3], atol=1e-5)
-        assert not any(c[0] == "cudaMemcpyAsync" and c[1] == 1 for c in fakes)  # no host->device copy
-        with pytest.raises(ValueError, match="profile maximum"):
-            r.infer_device(dev.ctypes.data, 17)
+        p = r.infer_device(dev.ctypes.data, 21)
+        assert p.shape == (21, 4) and np.allclose(p, want, atol=1e-5)
+        assert not any(c[:2] == ("cudaMemcpyAsync", 1) for c in fakes)  # no host->device copy
+        assert [c[2][0] for c in fakes if c[0] == "set_input_shape"] == [16, 5]
+        assert r.infer_device(dev.ctypes.data, 0).shape == (0, 4)
     assert any(c[0] == "cudaFree" for c in fakes)
 
 
@@ -265,15 +255,16 @@ def test_build_engine_fingerprints_the_gpu_and_resolves_for_run(fakes, tiny_mode
     assert any("picked tensorrt" in m and "Fake GPU 9000" in m for m in msgs)
     fp = json.loads((tmp_path / "t.engine.fingerprint.json").read_text())
     assert fp["machine"]["gpu"] == "Fake GPU 9000" and fp["machine"]["compute_capability"] == "9.0"
-    assert fp["machine"]["tensorrt"] == "10.3.0" and fp["machine"]["cuda_runtime"] == "12.6" and fp["batch_profile"] == [1, 8, 16]
-    assert (tmp_path / "cache" / "timing-Fake_GPU_9000-10.3.0.cache").exists()  # default timing cache lives in the engine cache
+    assert fp["machine"]["tensorrt"] == fakes.version and fp["machine"]["cuda_runtime"] == "12.6" and fp["batch_profile"] == [1, 8, 16]
+    assert fp["options"]["typing"] == "strong"
+    assert (tmp_path / "cache" / f"timing-Fake_GPU_9000-{fakes.version}.cache").exists()  # default timing cache lives in the engine cache
     r = engines.resolve_engine_for_run(res.out, backend="auto", rebuild=False, model=None)
     assert r.backend == "tensorrt" and r.precision == "fp16" and r.model_path == tiny_model
     # Another TensorRT version on "this machine": refused, naming both.
     monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.7.0")
     from octbatch.errors import OctbatchError
 
-    with pytest.raises(OctbatchError, match=r"built for GPU 'Fake GPU 9000' \(sm_90\) with TensorRT 10.3.0; this machine has .* TensorRT 10.7.0"):
+    with pytest.raises(OctbatchError, match=rf"built for GPU 'Fake GPU 9000' \(sm_90\) with TensorRT {fakes.version}; this machine has .* TensorRT 10.7.0"):
         engines.resolve_engine_for_run(res.out, backend="auto", rebuild=False, model=None)
     r = engines.resolve_engine_for_run(res.out, backend="auto", rebuild=True, model=None, log=msgs.append)
     assert json.loads((tmp_path / "t.engine.fingerprint.json").read_text())["machine"]["tensorrt"] == "10.7.0"

@@ -210,7 +210,7 @@ class DaliDecoder:
         # until release) while the other pipeline decodes batch k+1 and the consumer runs batch k.
         self._device_slots = (_Slot(), _Slot())
         self._next_device_slot = 0
-        self.stats = {"dali_files": 0, "cpu_files": 0, "failed_runs": 0, "recovered_files": 0, "rebuilds": 0, "builds": 0}
+        self.stats = {"dali_files": 0, "cpu_files": 0, "failed_runs": 0, "recovered_files": 0, "rebuilds": 0, "builds": 0, "not_dense": 0}
         # Build the host pipeline now so a broken DALI install (or no GPU for "mixed") fails here, at start.
         self._pipe(self._host_slot, "uint8", self.batch_size)
 
@@ -317,6 +317,12 @@ class DaliDecoder:
                         self.stats["rebuilds"] += 1
                         cpu_rows = sorted(cpu_rows + dali_rows)
                         dali_rows = []
+            if out is not None and dali_rows and not out.is_dense_tensor():
+                # Samples of different shapes are not one (n, ...) block (as_tensor()/as_array() would
+                # raise): decode those rows on the CPU, so no file fails because of its neighbours.
+                self.stats["not_dense"] += 1
+                cpu_rows = sorted(cpu_rows + self._cpu_decode(dali_rows, items, images, sizes, errors))
+                out, dali_rows = None, []
             for i in dali_rows:
                 sizes[i] = items[i].size
             self.stats["dali_files"] += len(dali_rows)
@@ -344,7 +350,7 @@ class DaliDecoder:
             out, dali_rows, cpu_rows, images, sizes, errors = self._decode(paths, slot, "float")
             if out is None or not dali_rows:
                 return DeviceBatch(len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors)
-            tensor = out.as_tensor()  # dense: every sample has the model's shape
+            tensor = out.as_tensor()  # dense (checked in _decode): every sample has the model's shape
             batch = DeviceBatch(len(paths), int(tensor.data_ptr()), dali_rows, cpu_rows, images[cpu_rows], sizes, errors,
                                 _release=slot.lock.release, _keep=(out, tensor))
             handed_over = True

@@ -1,0 +1,142 @@
+"""Build a serialized TensorRT engine from ONNX, for TensorRT 10.0 to 11.x alike.
+
+TensorRT 11 removed weak typing: ``BuilderFlag.FP16``, ``BF16``, ``INT8`` (deprecated since 10.12)
+and the int8 calibrators (deprecated since 10.1) are gone, every network is strongly typed, and
+precision comes from the tensor types in the graph. octbatch therefore builds every engine the same
+way on every supported release:
+
+  * the network is created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (required for strong
+    typing on 10.x, accepted and ignored on 11.x, where the deprecated ``EXPLICIT_BATCH`` is gone);
+  * fp16/bf16 engines are built from an ONNX graph converted to that type with fp32 inputs and
+    outputs (``octbatch.onnx_cast``), so the runner and the DALI handoff keep feeding float32;
+  * int8 engines are built from the symmetric Q/DQ model octbatch calibrates on real scans
+    (explicit quantization; ``octbatch.engines`` makes it), with no calibrator.
+
+What a release offers is decided by feature detection (``trt_features``), never by version strings.
+Only when a TensorRT build lacks ``STRONGLY_TYPED`` (none of 10.0 to 11.4 does) would the weakly
+typed builder flags be used, and only those that exist. Kept apart from the runner
+(``backends.tensorrt``) so a machine that only runs engines never touches the build code.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._deps import require
+from .errors import OctbatchError
+
+__all__ = ["PRECISIONS", "trt_features", "network_flags", "build_serialized_engine"]
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _trt():
+    return require("tensorrt", purpose="building TensorRT engines")
+
+
+def trt_features(trt) -> dict:
+    """What this TensorRT build offers that octbatch's builder cares about (attribute lookups only)."""
+    ncf = trt.NetworkDefinitionCreationFlag
+    flags = trt.BuilderFlag
+    return {
+        "version": getattr(trt, "__version__", None),
+        "strongly_typed": hasattr(ncf, "STRONGLY_TYPED"),
+        "explicit_batch_flag": hasattr(ncf, "EXPLICIT_BATCH"),
+        "weak_typing_flags": sorted(n for n in ("FP16", "BF16", "INT8") if hasattr(flags, n)),
+        "calibrators": hasattr(trt, "IInt8EntropyCalibrator2"),
+    }
+
+
+def network_flags(trt, features: dict | None = None) -> int:
+    """The ``create_network`` flags: strongly typed where the flag exists, else 0 (TensorRT 10
+    networks are always explicit-batch; its EXPLICIT_BATCH flag is ignored and 11.x removed it)."""
+    f = features or trt_features(trt)
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if f["strongly_typed"] else 0
+
+
+def _weak_flags(trt, precision: str, features: dict) -> list:
+    """Builder flags for a weakly typed network (only when STRONGLY_TYPED is missing)."""
+    want = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "int8": ["INT8", "FP16"]}[precision]
+    missing = [n for n in want if n not in features["weak_typing_flags"]]
+    if missing:
+        raise OctbatchError(
+            f"TensorRT {features['version']} has neither strongly typed networks nor BuilderFlag.{missing[0]}",
+            "Install a TensorRT release octbatch supports: pip install 'octbatch[tensorrt]' (TensorRT 10.x or 11.x).")
+    return [getattr(trt.BuilderFlag, n) for n in want]
+
+
+def _read_timing_cache(path: str | None) -> bytes:
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return b""
+
+
+def _write_timing_cache(path: str, data) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(bytes(memoryview(data)))
+    os.replace(tmp, path)
+
+
+def build_serialized_engine(
+    onnx_path: str,
+    *,
+    precision: str = "fp16",
+    batch: tuple[int, int, int] = (1, 64, 256),
+    workspace_gb: float = 4.0,
+    timing_cache: str | None = None,
+    log=None,
+) -> bytes:
+    """Parse ``onnx_path`` and return serialized engine bytes with one batch-dimension profile.
+
+    ``onnx_path`` must already carry the precision (``precision`` only labels it and, on a TensorRT
+    without strong typing, picks the builder flags): an fp16/bf16 graph from ``onnx_cast``, or a Q/DQ
+    graph for int8. A persistent ``timing_cache`` makes rebuilds on the same GPU + TensorRT fast.
+    """
+    trt = _trt()
+    if precision not in PRECISIONS:
+        raise OctbatchError(f"unknown precision {precision!r} for TensorRT", f"Use one of {', '.join(PRECISIONS)}.")
+    features = trt_features(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, features))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise OctbatchError(f"TensorRT could not parse {onnx_path}: {errors}", "Check the model with polygraphy or re-export it with a supported opset.")
+    if network.num_inputs != 1:
+        raise OctbatchError(f"{onnx_path} has {network.num_inputs} inputs", "octbatch builds classifiers with one image input (N, C, H, W).")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if not features["strongly_typed"]:
+        for flag in _weak_flags(trt, precision, features):
+            config.set_flag(flag)
+
+    # One optimization profile over the batch dimension of the image input: TensorRT refuses to
+    # build a network with a dynamic input and no profile.
+    inp = network.get_input(0)
+    dims = tuple(inp.shape)
+    if len(dims) != 4:
+        raise OctbatchError(f"{onnx_path}: input {inp.name!r} has shape {dims}", "octbatch builds classifiers with one NCHW image input.")
+    _, c, h, w = dims
+    if min(c, h, w) < 1:
+        raise OctbatchError(f"{onnx_path}: input {inp.name!r} has dynamic C/H/W {dims}", "Export the model with a fixed input size; only the batch may be dynamic.")
+    lo, opt, hi = batch
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
+    config.add_optimization_profile(profile)
+
+    cache = config.create_timing_cache(_read_timing_cache(timing_cache))
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    if log:
+        typing = "strongly typed" if features["strongly_typed"] else "weakly typed (builder flags)"
+        log(f"TensorRT {features['version']}: building {precision} engine ({typing}), batch profile {lo}:{opt}:{hi} (this can take minutes)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise OctbatchError(f"TensorRT failed to build an engine from {onnx_path}", "Run again with a larger --workspace, or another --precision; TensorRT's log above says why.")
+    if timing_cache:
+        _write_timing_cache(timing_cache, config.get_timing_cache().serialize())
+    return bytes(memoryview(serialized))
