@@ -20,6 +20,7 @@ from octbatch.train import train
 CONFIGS = {
     "center_crop": dict(resize="center_crop", lateral_scale=None),
     "center_crop+lateral": dict(resize="center_crop", lateral_scale=(0.6, 1.6)),
+    "center_crop+density": dict(resize="center_crop", lateral_scale=None, density=(512, 1536)),
     "stretch": dict(resize="stretch", lateral_scale=None),
     "stretch+lateral": dict(resize="stretch", lateral_scale=(0.6, 1.6)),
 }
@@ -36,7 +37,8 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     held = tuple(int(w) for w in a.holdout.split(","))
-    results = {}
+    f = out / "width_experiment.json"
+    results = json.loads(f.read_text()) if f.exists() else {}
     for name, cfg in CONFIGS.items():
         if a.only and name not in a.only.split(","):
             continue

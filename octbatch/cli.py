@@ -196,9 +196,22 @@ def synth(directory, n, seed, no_broken):
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the shipped model's].")
 @click.option("--seed", type=int, default=0)
 @click.option("--threads", type=int, default=0)
-@click.option("--report-dir", type=click.Path(file_okay=False), help="Also write metrics.json and confusion-matrix PNGs here (e.g. engines/).")
-def train(data_dir, out, epochs, seed, threads, report_dir):
-    """Train a classifier on labelled scans (needs the `train` extra: torch) and export it to ONNX."""
+@click.option("--resize", type=click.Choice(["center_crop", "stretch"]), default=None,
+              help="How a scan becomes the square input [default: center_crop, chosen by the width experiment].")
+@click.option("--lateral-scale", default=None, metavar="LO,HI|off",
+              help="Random lateral scale augmentation range [default: 0.6,1.6]; 'off' disables it.")
+@click.option("--report-dir", type=click.Path(file_okay=False),
+              help="Also write metrics.json, training curves, confusion matrices, reliability diagrams and sample grids here (e.g. engines/).")
+def train(data_dir, out, epochs, seed, threads, resize, lateral_scale, report_dir):
+    """Train a classifier on labelled scans (needs the `train` extra: torch) and export it to ONNX.
+
+    Scans whose manifest split_hint is test-v3, test or val are report-only: evaluated once at the
+    end, never trained on or used for selection. The fitted temperature is baked into the model.
+
+    \b
+    Example:
+        octbatch train ../shared/data/oct2017 --out my-model.onnx --report-dir my-report
+    """
     from .train import train as train_model
 
     kw = {"seed": seed}
@@ -206,10 +219,26 @@ def train(data_dir, out, epochs, seed, threads, report_dir):
         kw["epochs"] = epochs
     if threads:
         kw["threads"] = threads
+    if resize:
+        kw["resize"] = resize
+    if lateral_scale is not None:
+        kw["lateral_scale"] = _parse_range(lateral_scale)
     if report_dir:
         kw["report_dir"] = report_dir
     metrics = train_model(data_dir, out, **kw)
     click.echo(json.dumps(metrics, indent=1, default=str))
+
+
+def _parse_range(text: str):
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OctbatchError(f"--lateral-scale {text!r} is not LO,HI", "Give two numbers, e.g. --lateral-scale 0.6,1.6, or 'off'.") from None
+    if not 0 < lo <= hi:
+        raise OctbatchError(f"--lateral-scale {text!r} is out of range", "Use 0 < LO <= HI, e.g. 0.6,1.6.")
+    return lo, hi
 
 
 def main() -> None:

@@ -68,8 +68,9 @@ DEFAULTS = dict(
     widths=(16, 32, 64, 128),
     stem=16,
     near_dup=0.97,
-    resize="center_crop",  # chosen by the width experiment (engines/README.md)
+    resize="center_crop",
     lateral_scale=(0.6, 1.6),
+    density=(512, 1536),  # chosen by the width experiment (engines/README.md)
     input_size=128,
 )
 
@@ -690,7 +691,8 @@ def decode_strips(records: Sequence[Record], height: int, *, threads: int = 2) -
     return strips, np.asarray([max(8, w) if w else 0 for w in sizes], int), ok
 
 
-def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize: str, lateral: tuple[float, float] | None, gen):
+def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize: str, lateral: tuple[float, float] | None, gen,
+                 density: tuple[float, float] | None = None, scan_widths=None):
     """Crop each strip the way ``resize`` crops a scan, with an optional random lateral scale factor
     (log-uniform in ``lateral``: the crop covers 1/f as many A-scans, i.e. the retina appears f times
     wider, which is what another A-scan density does), then resize to out_hw with antialiasing (close to
@@ -699,7 +701,13 @@ def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize:
     h_out, w_out = out_hw
     height = strips.shape[1]
     out = torch.empty((len(idx), 1, h_out, w_out))
-    if lateral is not None:
+    if density is not None:
+        # Target A-scan density: every scan, whatever its own width, is shown as if it had been acquired
+        # with a width drawn log-uniformly from ``density`` (e.g. 512..1536 A-scans for one scan length),
+        # so no class can be recognised by the density it happened to be acquired with.
+        target = torch.exp(torch.empty(len(idx)).uniform_(math.log(density[0]), math.log(density[1]), generator=gen)).tolist()
+        f = [t / float(scan_widths[i]) for t, i in zip(target, idx)]
+    elif lateral is not None:
         f = torch.exp(torch.empty(len(idx)).uniform_(math.log(lateral[0]), math.log(lateral[1]), generator=gen)).tolist()
     else:
         f = [1.0] * len(idx)
@@ -749,6 +757,7 @@ def train(
     near_dup: float = DEFAULTS["near_dup"],
     resize: str = DEFAULTS["resize"],
     lateral_scale: tuple[float, float] | None = DEFAULTS["lateral_scale"],
+    density: tuple[float, float] | None = DEFAULTS["density"],
     holdout_widths: Sequence[int] = (),
     train_fraction: float = 1.0,
     report_dir: str | os.PathLike | None = None,
@@ -764,6 +773,8 @@ def train(
 
     ``resize``: the preprocessing rule stored in the model (``stretch`` or ``center_crop``).
     ``lateral_scale``: range of the random lateral scale factor (None: off).
+    ``density``: (lo, hi) A-scan counts: show every scan at a density drawn log-uniformly from this range
+    instead (overrides ``lateral_scale``).
     ``holdout_widths``: scan widths never trained or validated on; scans of those widths (not report-only)
     are evaluated at the end as ``width_holdout`` (the width experiment of engines/README.md).
     ``train_fraction``: train on this fraction of the training scans (the learning curve).
@@ -803,6 +814,7 @@ def train(
         keep = np.flatnonzero(ok)
         records = [records[i] for i in keep]
         strips, strip_w = strips[keep], strip_w[keep]
+        scan_w = np.array([r.width for r in records], float)
         base_spec = Preprocessing(input_size=hw, resize=resize)
         # The images inference produces for this rule: validation, near-duplicate check, normalisation.
         exact, _ = decode_cache(records, base_spec, threads=threads)
@@ -837,7 +849,7 @@ def train(
 
         model = build_model(len(classes), channels=spec.channels, stem=stem, widths=widths)
         n_params = int(sum(p.numel() for p in model.parameters()))
-        log(f"model: {n_params:,} parameters; resize={resize} lateral_scale={lateral_scale}; mean={spec.mean[0]} std={spec.std[0]}")
+        log(f"model: {n_params:,} parameters; resize={resize} lateral_scale={lateral_scale} density={density}; mean={spec.mean[0]} std={spec.std[0]}")
 
         # Class-balanced sampling: every class is drawn equally often; an epoch is len(train) draws.
         counts = np.bincount(y[tr], minlength=len(classes)).astype(float)
@@ -859,7 +871,8 @@ def train(
                 idx = draw[s * batch_size : (s + 1) * batch_size]
                 if len(idx) < 2:
                     continue
-                xb = _crop_strips(torch, strips, strip_w, idx, out_hw=hw, resize=resize, lateral=lateral_scale, gen=gen)
+                xb = _crop_strips(torch, strips, strip_w, idx, out_hw=hw, resize=resize, lateral=lateral_scale, gen=gen,
+                                  density=density, scan_widths=scan_w)
                 xb = _normalize_t(torch, _augment(torch, xb, gen), spec)
                 yb = torch.from_numpy(y[idx])
                 logits = model(xb)
@@ -939,6 +952,7 @@ def train(
             "label_smoothing": DEFAULTS["label_smoothing"], "val_fraction": val_fraction,
             "stem": stem, "widths": list(widths), "near_dup_threshold": near_dup, "threads": threads,
             "resize": resize, "lateral_scale": list(lateral_scale) if lateral_scale else None,
+            "density": list(density) if density else None,
             "holdout_widths": sorted(held_widths), "train_fraction": train_fraction,
             "optimizer": "AdamW", "schedule": "OneCycle (15% warm-up, cosine)", "sampling": "class-balanced",
             "selection": "best validation macro F1 (ties: lower validation loss)",

@@ -386,7 +386,7 @@ def test_int8_guard_on_real_scans_with_the_shipped_model(tmp_path, cache, shippe
     g = json.loads(r.stdout)["guard"]
     print("int8 guard on real scans:", g)
     assert g["n"] >= 200 and g["labelled"] == g["n"] and 0.0 <= g["agreement"] <= 1.0
-    assert g["held_out"] is True  # 2400 scans: the guard compares on scans not used for calibration
+    assert g["held_out"] is True  # the guard compares on scans not used for calibration
     assert "accuracy_reference" in g and "accuracy_engine" in g
     run = invoke("run", DATA_DIR, "--engine", tmp_path / "s8.onnx", "-o", tmp_path / "r.parquet", "-q", "--limit", 200)
     assert run.exit_code == 0, run.output

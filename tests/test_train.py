@@ -139,3 +139,13 @@ def test_strip_crops_match_the_inference_decoder_for_both_rules(tmp_path):
     half = a[:, 48:144]
     ref = np.asarray(Image.fromarray(half).resize((32, 32), Image.BOX), float)
     assert np.abs(wide - ref).mean() < 8.0
+
+
+def test_train_cli_refuses_a_bad_lateral_scale_before_loading_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from octbatch.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "m.onnx"), "--lateral-scale", "2,1"])
+    assert res.exit_code == 1
+    assert "Error: --lateral-scale '2,1' is out of range. Use 0 < LO <= HI, e.g. 0.6,1.6." in res.output
