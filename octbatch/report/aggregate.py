@@ -118,15 +118,17 @@ def _open(path: str):
     return pf, names, md
 
 
-def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12) -> Aggregate:
-    """Stream the table at ``path`` once. ``top``: how many confident mistakes / unsure predictions to keep."""
+def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12, batch_rows: int = BATCH_ROWS) -> Aggregate:
+    """Stream the table at ``path`` once, ``batch_rows`` rows at a time (what bounds memory).
+
+    ``top``: how many confident mistakes / least confident predictions to keep."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     pf, names, md = _open(path)
     classes = list(md.get("classes") or [])
     if not classes:  # a table without octbatch metadata: the model's classes are what it predicted
-        classes = sorted({v for b in pf.iter_batches(batch_size=BATCH_ROWS, columns=["pred"]) for v in pc.unique(b.column(0)).to_pylist() if v})
+        classes = sorted({v for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"]) for v in pc.unique(b.column(0)).to_pylist() if v})
     k = len(classes)
     cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
     a = Aggregate(path=path, metadata=md, classes=classes, has_labels="label" in names)
@@ -141,7 +143,7 @@ def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12) -> Aggreg
     keep = ["path", "pred", "confidence"] + (["label"] if a.has_labels else [])
     cand: dict[str, object] = {}
 
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=cols):
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
         t = pa.Table.from_batches([batch])
         n = t.num_rows
         a.rows += n
