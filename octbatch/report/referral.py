@@ -25,26 +25,45 @@ def referrals(patients, classes: list[str]) -> list[dict]:
     Within a level: more scans with findings of that level first (level_scans), then their highest confidence
     (level_confidence), then patient id. worst_finding is the most severe class seen (CNV before DME).
     Classes outside Kermany's four (a user's model) are counted but give the level "unmapped".
+    Vectorised over the table's rows (one per patient and predicted class), so 100k patients take well under a second.
     """
+    import numpy as np
+    import pyarrow.compute as pc
+
     if patients is None or not patients.num_rows:
         return []
-    per: dict[str, dict] = {}
-    for pid, pred, n, conf in zip(*(patients.column(c).to_pylist() for c in ("patient_id", "pred", "n", "max_conf"))):
-        p = per.setdefault(pid, {"patient_id": pid, "scans": 0, "counts": {}, "max_conf": {}})
-        p["scans"] += n
-        p["counts"][pred] = p["counts"].get(pred, 0) + n
-        p["max_conf"][pred] = max(p["max_conf"].get(pred, 0.0), conf or 0.0)
-    out = []
-    for p in per.values():
-        worst = min(p["counts"], key=lambda c: (SEVERITY.get(c, len(SEVERITY)), c))
-        level = _LEVEL_OF.get(worst, "unmapped")
-        at_level = [c for c in p["counts"] if _LEVEL_OF.get(c, "unmapped") == level]
-        out.append({"patient_id": p["patient_id"], "referral": level, "worst_finding": worst,
-                    "level_scans": sum(p["counts"][c] for c in at_level),
-                    "level_confidence": round(max(p["max_conf"][c] for c in at_level), 4), "scans": p["scans"],
-                    **{f"n_{c}": p["counts"].get(c, 0) for c in classes}})
-    out.sort(key=lambda r: (LEVELS.index(r["referral"]), -r["level_scans"], -r["level_confidence"], r["patient_id"]))
-    return out
+    enc = pc.dictionary_encode(patients.column("patient_id")).combine_chunks()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = enc.dictionary.to_pylist()
+    npat = len(ids)
+    preds = patients.column("pred").to_pylist()  # one per (patient, class): small next to the scans
+    n = patients.column("n").to_numpy(zero_copy_only=False).astype(np.int64)
+    conf = np.nan_to_num(patients.column("max_conf").to_numpy(zero_copy_only=False).astype(np.float64))
+    names = sorted(set(preds))
+    # worst-first key of a class: Kermany's order, then any other class by name
+    key_of = {c: (SEVERITY[c] if c in SEVERITY else len(SEVERITY) + i) for i, c in enumerate(names)}
+    class_of_key = {v: c for c, v in key_of.items()}
+    key = np.array([key_of[c] for c in preds], np.int64)
+    lvl = np.array([LEVELS.index(_LEVEL_OF.get(c, "unmapped")) for c in preds], np.int64)
+    worst = np.full(npat, np.iinfo(np.int64).max)
+    np.minimum.at(worst, codes, key)
+    plevel = np.full(npat, len(LEVELS))
+    np.minimum.at(plevel, codes, lvl)
+    at = lvl == plevel[codes]
+    level_scans = np.bincount(codes[at], weights=n[at], minlength=npat).astype(np.int64)
+    level_conf = np.zeros(npat)
+    np.maximum.at(level_conf, codes[at], conf[at])
+    scans = np.bincount(codes, weights=n, minlength=npat).astype(np.int64)
+    per_class = {}
+    pred_arr = np.array(preds, dtype=object)
+    for c in classes:
+        m = pred_arr == c
+        per_class[f"n_{c}"] = np.bincount(codes[m], weights=n[m], minlength=npat).astype(np.int64).tolist()
+    level_conf = np.round(level_conf, 4)
+    order = np.lexsort((np.array(ids, dtype=object).astype(str), -level_conf, -level_scans, plevel))
+    cols = {"patient_id": ids, "referral": [LEVELS[v] for v in plevel], "worst_finding": [class_of_key[v] for v in worst],
+            "level_scans": level_scans.tolist(), "level_confidence": level_conf.tolist(), "scans": scans.tolist(), **per_class}
+    return [{k: v[i] for k, v in cols.items()} for i in order.tolist()]
 
 
 def _cell(v):
