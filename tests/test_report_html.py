@@ -268,3 +268,22 @@ def test_the_browser_check_sees_broken_images_and_console_errors(tmp_path):
     page = open_page(_chromium(), bad.as_uri())
     assert any("boom" in e for e in page["console_errors"])
     assert page["images"] and not page["images"][0]["width"]
+
+
+def test_bench_results_render_as_one_html_page_with_the_report_template(tmp_path):
+    from test_bench import _fixed_result
+
+    from octbatch.bench_report import render_charts
+    from octbatch.report.bench_html import bench_html
+
+    res = _fixed_result()
+    res["archive"] = "<script>alert(1)</script> archive"
+    charts, _ = render_charts(res, tmp_path)
+    res["charts"] = charts
+    html = bench_html(res, tmp_path)
+    p = _Refs()
+    p.feed(html)
+    assert "script" not in p.tags and "&lt;script&gt;alert(1)&lt;/script&gt; archive" in html
+    assert [v[:22] for t, k, v in p.refs if k == "src"] == ["data:image/png;base64,"] * 2
+    assert "<strong>990 img/s</strong>" in html and "default-src 'none'" in html
+    assert p.tags.count("table") == 3 and "<td>1.84x</td>" in html

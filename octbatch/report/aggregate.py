@@ -108,6 +108,8 @@ def _open(path: str):
     try:
         pf = pq.ParquetFile(path)
         names = set(pf.schema_arrow.names)
+        # constant-per-run columns read as dictionaries: no million copies of the same string
+        pf = pq.ParquetFile(path, read_dictionary=[c for c in PROVENANCE_COLUMNS if c in names])
         md = read_metadata(path)
     except Exception as exc:  # noqa: BLE001
         raise OctbatchError(f"{path} is not an octbatch results table ({exc})", "Give the file written by octbatch run --out.") from None
