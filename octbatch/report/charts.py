@@ -94,10 +94,11 @@ def reliability_diagram(bins: list[dict], ece: float) -> str:
     ax, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
     lo = [b["lo"] for b in bins]
     w = bins[0]["hi"] - bins[0]["lo"]
-    acc = [b["accuracy"] or 0 for b in bins]
-    conf = [b["confidence"] if b["confidence"] is not None else b["lo"] + w / 2 for b in bins]
-    ax.bar(lo, acc, width=w, align="edge", color=_BLUE, edgecolor="white", label="accuracy")
-    ax.bar(lo, np.array(conf) - np.array(acc), bottom=acc, width=w, align="edge", color=_RED, alpha=0.35,
+    full = [b for b in bins if b["n"]]  # an empty bin has no accuracy: draw nothing there
+    acc = np.array([b["accuracy"] for b in full])
+    conf = np.array([b["confidence"] for b in full])
+    ax.bar([b["lo"] for b in full], acc, width=w, align="edge", color=_BLUE, edgecolor="white", label="accuracy")
+    ax.bar([b["lo"] for b in full], conf - acc, bottom=acc, width=w, align="edge", color=_RED, alpha=0.35,
            edgecolor=_RED, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="k", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
