@@ -287,3 +287,21 @@ def test_bench_results_render_as_one_html_page_with_the_report_template(tmp_path
     assert [v[:22] for t, k, v in p.refs if k == "src"] == ["data:image/png;base64,"] * 2
     assert "<strong>990 img/s</strong>" in html and "default-src 'none'" in html
     assert p.tags.count("table") == 3 and "<td>1.84x</td>" in html
+
+
+def test_text_report_and_help_load_neither_matplotlib_nor_jinja2(tmp_path):
+    import subprocess
+    import sys
+
+    g = golden_table(tmp_path / "g.parquet")
+    code = f"""
+import sys
+from click.testing import CliRunner
+from octbatch.cli import cli
+assert CliRunner().invoke(cli, ['report', '--help']).exit_code == 0
+r = CliRunner().invoke(cli, ['report', {str(g)!r}])
+assert r.exit_code == 0, r.output
+print([m for m in ('matplotlib', 'jinja2') if m in sys.modules])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
