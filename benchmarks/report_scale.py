@@ -3,8 +3,9 @@
 Writes a synthetic table with octbatch's own schema (Kermany-like paths, labels, patient ids, 1% unreadable
 rows with a few messages, zstd, 65,536-row groups), then times in fresh child processes, median of --repeats:
   old text   the previous `summarize` (whole table through to_pylist), taken from git (main:octbatch/report.py)
-  text       `octbatch report T` (streaming aggregation)
-  html       `octbatch report T --html R --referrals C` (aggregation + charts + referral CSV; no archive -> no scans)
+  new text   octbatch.report.summarize, the same driver (streaming aggregation)
+  cli text   `octbatch report T` (the command: click and the CLI's imports on top)
+  cli html   `octbatch report T --html R --referrals C` (aggregation + charts + referral CSV; no archive -> no scans)
 Peak RSS is the child's ru_maxrss. Prints a Markdown table.
 
     python benchmarks/report_scale.py --rows 1000000 [--patients 60000] [--repeats 3] [--work /tmp/octbatch-report]
@@ -106,8 +107,10 @@ def main() -> None:
     if not a.no_old:
         old = subprocess.run(["git", "-C", str(REPO), "show", "main:octbatch/report.py"], capture_output=True, check=True).stdout
         rows.append(("old text summary (to_pylist)", measure([sys.executable, "-c", OLD_DRIVER, str(table)], a.repeats, old)))
-    rows.append(("text summary", measure([*octbatch, "report", str(table)], a.repeats)))
-    rows.append(("HTML + referral CSV", measure([*octbatch, "report", str(table), "--html", str(work / "report.html"),
+    new = "import sys\nfrom octbatch.report import render_text, summarize\nprint(render_text(summarize(sys.argv[1]))[:80])"
+    rows.append(("text summary, library (same driver as the old one)", measure([sys.executable, "-c", new, str(table)], a.repeats)))
+    rows.append(("`octbatch report T` (text)", measure([*octbatch, "report", str(table)], a.repeats)))
+    rows.append(("`octbatch report T --html R --referrals C`", measure([*octbatch, "report", str(table), "--html", str(work / "report.html"),
                                                  "--referrals", str(work / "referrals.csv")], a.repeats)))
     print(f"\n{a.rows:,} rows, {a.patients:,} patients, {a.repeats} repeat(s), fresh process each\n")
     print("| command | median s | min–max s | peak RSS MiB |\n|---|---|---|---|")

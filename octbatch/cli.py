@@ -196,7 +196,7 @@ def report(results, as_json, html_out, archive, top, referrals):
     else:
         from .report import aggregate
 
-        s = summary_dict(aggregate(results))
+        s = summary_dict(aggregate(results, details=False))
     click.echo(json.dumps(s, indent=1) if as_json else render_text(s))
     if html_out:
         click.echo(f"octbatch: wrote the HTML report {html_out}" + (f" and {res['patients']} patient(s) to {referrals}" if referrals else ""), err=True)

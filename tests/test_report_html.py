@@ -305,3 +305,11 @@ print([m for m in ('matplotlib', 'jinja2') if m in sys.modules])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_text_summary_pass_gives_the_same_numbers(tmp_path):
+    p = str(golden_table(tmp_path / "g.parquet"))
+    full, light = aggregate(p), aggregate(p, details=False)
+    assert light.confusion.tolist() == full.confusion.tolist() and light.ece == full.ece and light.statuses == full.statuses
+    assert {k: v["count"] for k, v in light.errors.items()} == {k: v["count"] for k, v in full.errors.items()}
+    assert light.patients is None and light.samples == {} and light.provenance == {}

@@ -22,7 +22,7 @@ CONF_BINS = 20  # confidence histogram bins per predicted class
 RELIABILITY_BINS = 10  # equal-width confidence bins of the reliability diagram / ECE
 BATCH_ROWS = 65536
 PROVENANCE_COLUMNS = ("model_sha256", "backend", "precision", "decoder", "run_id")
-_REQUIRED = ("path", "status", "pred")
+_REQUIRED = ("path", "status", "pred")  # path: every octbatch table has it; read only with details
 _OPTIONAL = ("label", "patient_id", "confidence", "error", *PROVENANCE_COLUMNS)
 _PATIENT_COLS = ["patient_id", "pred", "n", "max_conf"]
 _ERROR_EXAMPLES = 3
@@ -120,9 +120,11 @@ def _open(path: str):
     return pf, names, md
 
 
-def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12, batch_rows: int = BATCH_ROWS) -> Aggregate:
+def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, top: int = 12, batch_rows: int = BATCH_ROWS) -> Aggregate:
     """Stream the table at ``path`` once, ``batch_rows`` rows at a time (what bounds memory).
 
+    ``details=False`` (the text summary) skips what only the HTML report shows: sample rows, patients,
+    provenance columns and example paths of errors, and does not read those columns.
     ``top``: how many confident mistakes / least confident predictions to keep."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -133,6 +135,9 @@ def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12, batch_row
         classes = sorted({v for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"]) for v in pc.unique(b.column(0)).to_pylist() if v})
     k = len(classes)
     cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
+    if not details:
+        names = names - {"path", "patient_id", *PROVENANCE_COLUMNS}
+        cols = [c for c in cols if c in names]
     a = Aggregate(path=path, metadata=md, classes=classes, has_labels="label" in names)
     a.confusion = np.zeros((k, k), np.int64)
     a.conf_hist = np.zeros((k, CONF_BINS), np.int64)
@@ -179,7 +184,8 @@ def aggregate(path: str, *, samples_per_class: int = 4, top: int = 12, batch_row
             a.rel_count += np.bincount(rb, minlength=RELIABILITY_BINS)
             a.rel_conf += np.bincount(rb, weights=c_l, minlength=RELIABILITY_BINS)
             a.rel_correct += np.bincount(rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS).astype(np.int64)
-        _add_samples(cand, ok.select([c for c in keep if c in ok.column_names]), classes, samples_per_class, top, a.has_labels)
+        if details:
+            _add_samples(cand, ok.select([c for c in keep if c in ok.column_names]), classes, samples_per_class, top, a.has_labels)
         if "patient_id" in names:
             p = ok.select(["patient_id", "pred", "confidence"]).filter(pc.is_valid(ok.column("patient_id")))
             if p.num_rows:
@@ -219,7 +225,7 @@ def _add_errors(a: Aggregate, t) -> None:
             kk = "(other messages)"
         e = a.errors.setdefault((st, kk), {"count": 0, "examples": []})
         e["count"] += cnt
-        if len(e["examples"]) < _ERROR_EXAMPLES and kk != "(other messages)":
+        if len(e["examples"]) < _ERROR_EXAMPLES and kk != "(other messages)" and "path" in t.column_names:
             m = pc.and_(pc.equal(status, st), pc.equal(key, kk))
             ex = t.filter(m).slice(0, _ERROR_EXAMPLES - len(e["examples"]))
             errs = ex.column("error").to_pylist() if "error" in ex.column_names else [None] * ex.num_rows

@@ -9,7 +9,7 @@ __all__ = ["summarize", "summary_dict", "render_text"]
 
 def summarize(path: str) -> dict:
     """The summary of the table at ``path`` as a JSON-ready dict (what `octbatch report --json` prints)."""
-    return summary_dict(aggregate(path))
+    return summary_dict(aggregate(path, details=False))
 
 
 def summary_dict(a: Aggregate) -> dict:
