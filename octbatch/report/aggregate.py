@@ -174,6 +174,7 @@ def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, to
         pi_v = pi[valid].astype(np.int64)
         cb = np.clip((conf[valid] * CONF_BINS).astype(np.int64), 0, CONF_BINS - 1)
         a.conf_hist += np.bincount(pi_v * CONF_BINS + cb, minlength=k * CONF_BINS).reshape(k, CONF_BINS)
+        li = None
         if a.has_labels:
             li = pc.index_in(ok.column("label"), value_set=value_set).to_numpy(zero_copy_only=False)
             lab = valid & ~np.isnan(li)
@@ -185,7 +186,7 @@ def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, to
             a.rel_conf += np.bincount(rb, weights=c_l, minlength=RELIABILITY_BINS)
             a.rel_correct += np.bincount(rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS).astype(np.int64)
         if details:
-            _add_samples(cand, ok.select([c for c in keep if c in ok.column_names]), classes, samples_per_class, top, a.has_labels)
+            _add_samples(cand, ok.select([c for c in keep if c in ok.column_names]), pi, li, conf, classes, samples_per_class, top)
         if "patient_id" in names:
             p = ok.select(["patient_id", "pred", "confidence"]).filter(pc.is_valid(ok.column("patient_id")))
             if p.num_rows:
@@ -235,35 +236,34 @@ def _add_errors(a: Aggregate, t) -> None:
 def _topk(t, n: int, order: str):
     import pyarrow.compute as pc
 
-    if t.num_rows <= n and order == "keep":
-        return t
     idx = pc.select_k_unstable(t, k=min(n, t.num_rows), sort_keys=[("confidence", order), ("path", "ascending")])
     return t.take(idx)
 
 
-def _add_samples(cand: dict, ok, classes, per_class: int, top: int, has_labels: bool) -> None:
+def _add_samples(cand: dict, ok, pi, li, conf, classes, per_class: int, top: int) -> None:
     """Keep, across batches, the most confident rows per predicted class, the most confident mistakes and
-    the least confident predictions (select_k per batch, then over the kept candidates)."""
+    the least confident predictions. Per batch, numpy finds the rows at least as good as the n-th best (ties
+    kept, so nothing that could win is lost); only those are taken from the batch and ranked by (confidence,
+    path) with select_k, together with the candidates kept so far."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    ok = ok.filter(pc.is_valid(ok.column("confidence")))
-    if not ok.num_rows:
-        return
+    good = ~np.isnan(conf)
 
-    def push(name, t, n, order):
-        if not t.num_rows:
+    def pick(name, mask, n, order):
+        idx = np.flatnonzero(mask)
+        if not idx.size:
             return
-        t = _topk(t, n, order)
+        if idx.size > n:
+            key = -conf[idx] if order == "descending" else conf[idx]
+            idx = idx[key <= np.partition(key, n - 1)[n - 1]]
+        t = _topk(ok.take(pa.array(idx)), n, order)
         cand[name] = _topk(pa.concat_tables([cand[name], t]), n, order) if name in cand else t
 
-    for c in classes:
-        push(f"class:{c}", ok.filter(pc.fill_null(pc.equal(ok.column("pred"), c), False)), per_class, "descending")
-    push("unsure", ok, top, "ascending")
-    if has_labels:
-        wrong = pc.and_(pc.is_in(ok.column("label"), value_set=pa.array(classes, pa.string())),
-                        pc.not_equal(ok.column("label"), ok.column("pred")))
-        push("mistakes", ok.filter(pc.fill_null(wrong, False)), top, "descending")
+    for j, c in enumerate(classes):
+        pick(f"class:{c}", good & (pi == j), per_class, "descending")
+    pick("unsure", good, top, "ascending")
+    if li is not None:
+        pick("mistakes", good & ~np.isnan(li) & (pi != li), top, "descending")
 
 
 def _merge_patients(parts):

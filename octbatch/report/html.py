@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from .._deps import require
 from .aggregate import Aggregate, aggregate
 from .files import write_text_atomic
-from .referral import LEVELS, referrals, write_csv
+from .referral import LEVELS, referral_table, write_csv
 from .thumbs import archive_root, thumbnail
 
 __all__ = ["write_html", "render_html", "environment", "DISCLAIMER"]
@@ -32,8 +32,8 @@ def environment():
     return env
 
 
-def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, referral_rows: list[dict] | None = None,
-                referrals_csv: str | None = None) -> str:
+def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, referrals=None, referrals_csv: str | None = None) -> str:
+    """The report page of aggregate ``a``; ``referrals``: its referral_table() when already computed."""
     from . import charts
 
     md = a.metadata
@@ -51,8 +51,9 @@ def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, refe
                    "confusion": [[int(v) for v in row] for row in a.confusion]}
     root, root_note = archive_root(archive, md)
     samples = _sample_sections(a, root, top)
-    rows = referral_rows if referral_rows is not None else referrals(a.patients, a.classes)
-    levels = {lv: sum(1 for r in rows if r["referral"] == lv) for lv in LEVELS}
+    ref = referrals if referrals is not None else referral_table(a.patients, a.classes)
+    counted = {v["values"]: v["counts"] for v in pc_value_counts(ref.column("referral"))}
+    levels = {lv: counted.get(lv, 0) for lv in LEVELS}
     ctx = {
         "title": f"octbatch report: {os.path.basename(a.path)}",
         "results": os.path.abspath(a.path),
@@ -65,13 +66,19 @@ def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, refe
         "has_labels": a.has_labels,
         "samples": samples,
         "thumb_note": root_note,
-        "patients": {"known": a.patients is not None, "total": len(rows), "levels": {k: v for k, v in levels.items() if v},
-                     "rows": rows[:top], "classes": a.classes, "csv": referrals_csv},
+        "patients": {"known": a.patients is not None, "total": ref.num_rows, "levels": {k: v for k, v in levels.items() if v},
+                     "rows": ref.slice(0, top).to_pylist(), "classes": a.classes, "csv": referrals_csv},
         "errors": sorted(({"status": st, "key": k, **e} for (st, k), e in a.errors.items()), key=lambda e: (-e["count"], e["key"])),
         "disclaimer": DISCLAIMER,
         "model_card": str(md.get("model_card") or ""),
     }
     return environment().get_template("report.html.j2").render(**ctx)
+
+
+def pc_value_counts(arr) -> list[dict]:
+    import pyarrow.compute as pc
+
+    return pc.value_counts(arr).to_pylist() if len(arr) else []
 
 
 def _provenance(a: Aggregate) -> list[tuple[str, str]]:
@@ -146,8 +153,8 @@ def write_html(results: str, out: str, *, archive: str | None = None, top: int =
     require("jinja2", purpose="the HTML report")
     require("matplotlib", purpose="the pictures of the HTML report")
     a = aggregate(results, top=top)
-    rows = referrals(a.patients, a.classes)
+    ref = referral_table(a.patients, a.classes)
     if referrals_csv:
-        write_csv(referrals_csv, rows, a.classes)
-    write_text_atomic(out, render_html(a, archive=archive, top=top, referral_rows=rows, referrals_csv=referrals_csv))
-    return {"html": out, "referrals": referrals_csv, "patients": len(rows), "aggregate": a}
+        write_csv(referrals_csv, ref, a.classes)
+    write_text_atomic(out, render_html(a, archive=archive, top=top, referrals=ref, referrals_csv=referrals_csv))
+    return {"html": out, "referrals": referrals_csv, "patients": ref.num_rows, "aggregate": a}

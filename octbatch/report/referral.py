@@ -6,12 +6,9 @@ This mirrors the paper's triage scheme to order a worklist; it is not a clinical
 
 from __future__ import annotations
 
-import csv
-import io
-
 from .files import write_text_atomic
 
-__all__ = ["LEVELS", "SEVERITY", "referrals", "write_csv", "csv_text"]
+__all__ = ["LEVELS", "SEVERITY", "referrals", "referral_table", "write_csv", "csv_text"]
 
 LEVELS = ("urgent", "routine", "observation", "unmapped")
 # worst first; CNV before DME (both urgent: active neovascularisation threatens sight fastest)
@@ -20,7 +17,12 @@ _LEVEL_OF = {"CNV": "urgent", "DME": "urgent", "DRUSEN": "routine", "NORMAL": "o
 
 
 def referrals(patients, classes: list[str]) -> list[dict]:
-    """One dict per patient from the (patient_id, pred, n, max_conf) table of aggregate(), urgent first.
+    """referral_table() as one dict per patient."""
+    return referral_table(patients, classes).to_pylist()
+
+
+def referral_table(patients, classes: list[str]):
+    """One row per patient from the (patient_id, pred, n, max_conf) table of aggregate(), urgent first.
 
     Within a level: more scans with findings of that level first (level_scans), then their highest confidence
     (level_confidence), then patient id. worst_finding is the most severe class seen (CNV before DME).
@@ -28,10 +30,12 @@ def referrals(patients, classes: list[str]) -> list[dict]:
     Vectorised over the table's rows (one per patient and predicted class), so 100k patients take well under a second.
     """
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if patients is None or not patients.num_rows:
-        return []
+        return pa.table({c: pa.array([], pa.float64() if c == "level_confidence" else pa.int64() if i > 2 else pa.string())
+                         for i, c in enumerate(_columns(classes))})
     enc = pc.dictionary_encode(patients.column("patient_id")).combine_chunks()
     codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ids = enc.dictionary.to_pylist()
@@ -58,31 +62,37 @@ def referrals(patients, classes: list[str]) -> list[dict]:
     pred_arr = np.array(preds, dtype=object)
     for c in classes:
         m = pred_arr == c
-        per_class[f"n_{c}"] = np.bincount(codes[m], weights=n[m], minlength=npat).astype(np.int64).tolist()
+        per_class[f"n_{c}"] = np.bincount(codes[m], weights=n[m], minlength=npat).astype(np.int64)
     level_conf = np.round(level_conf, 4)
     order = np.lexsort((np.array(ids, dtype=object).astype(str), -level_conf, -level_scans, plevel))
-    cols = {"patient_id": ids, "referral": [LEVELS[v] for v in plevel], "worst_finding": [class_of_key[v] for v in worst],
-            "level_scans": level_scans.tolist(), "level_confidence": level_conf.tolist(), "scans": scans.tolist(), **per_class}
-    return [{k: v[i] for k, v in cols.items()} for i in order.tolist()]
+    t = pa.table({"patient_id": enc.dictionary, "referral": pa.array([LEVELS[v] for v in plevel], pa.string()),
+                  "worst_finding": pa.array([class_of_key[v] for v in worst], pa.string()), "level_scans": level_scans,
+                  "level_confidence": level_conf, "scans": scans, **{k: np.asarray(v, np.int64) for k, v in per_class.items()}})
+    return t.take(pa.array(order))
 
 
-def _cell(v):
-    # A spreadsheet runs a cell that starts with = + - @ as a formula; patient ids may come from untrusted tags.
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + v
-    return v
+def _columns(classes):
+    return ["patient_id", "referral", "worst_finding", "level_scans", "level_confidence", "scans", *(f"n_{c}" for c in classes)]
 
 
-def csv_text(rows: list[dict], classes: list[str]) -> str:
-    cols = ["patient_id", "referral", "worst_finding", "level_scans", "level_confidence", "scans", *(f"n_{c}" for c in classes)]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([_cell(r.get(c)) for c in cols])
-    return buf.getvalue()
+def csv_text(table, classes: list[str]) -> str:
+    """The referral table (or its list of dicts) as CSV text. A patient id that starts with = + - @ (a formula
+    to a spreadsheet; ids may come from untrusted tags) gets a leading '."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    if isinstance(table, list):
+        table = pa.Table.from_pylist(table) if table else referral_table(None, classes)
+    table = table.select(_columns(classes))
+    ids = table.column("patient_id").cast(pa.string())
+    risky = pc.fill_null(pc.match_substring_regex(ids, pattern=r"^[=+\-@\t\r]"), False)
+    table = table.set_column(0, "patient_id", pc.if_else(risky, pc.binary_join_element_wise("'", ids, ""), ids))
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(quoting_style="needed"))
+    return buf.getvalue().to_pybytes().decode("utf-8").replace("\r\n", "\n")
 
 
-def write_csv(path: str, rows: list[dict], classes: list[str]) -> str:
-    write_text_atomic(path, csv_text(rows, classes))
+def write_csv(path: str, table, classes: list[str]) -> str:
+    write_text_atomic(path, csv_text(table, classes))
     return path
