@@ -6,7 +6,8 @@ rows with a few messages, zstd, 65,536-row groups), then times in fresh child pr
   new text   octbatch.report.summarize, the same driver (streaming aggregation)
   cli text   `octbatch report T` (the command: click and the CLI's imports on top)
   cli html   `octbatch report T --html R --referrals C` (aggregation + charts + referral CSV; no archive -> no scans)
-Peak RSS is the child's ru_maxrss. Prints a Markdown table.
+Peak RSS is the child's ru_maxrss; CPU seconds (user + sys) are printed too, since on a shared machine wall
+time follows the load more than the code. Prints a Markdown table.
 
     python benchmarks/report_scale.py --rows 1000000 [--patients 60000] [--repeats 3] [--work /tmp/octbatch-report]
 """
@@ -14,6 +15,7 @@ Peak RSS is the child's ru_maxrss. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -74,17 +76,19 @@ print(m.render_text(m.summarize(sys.argv[1]))[:80])
 
 
 def measure(cmd, repeats, stdin=None):
-    secs, rss = [], []
+    secs, rss, cpu = [], [], []
     for _ in range(repeats):
         # a fresh interpreter per measurement, so that RUSAGE_CHILDREN is this run's alone
         probe = [sys.executable, "-c", "import resource, subprocess, sys, time; t=time.perf_counter(); "
                  "p=subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read() or None, capture_output=True); "
                  "assert p.returncode == 0, p.stderr.decode()[-2000:]; "
-                 "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)", *cmd]
+                 "u=resource.getrusage(resource.RUSAGE_CHILDREN); "
+                 "print(time.perf_counter()-t, u.ru_maxrss / 1024, u.ru_utime + u.ru_stime)", *cmd]
         out = subprocess.run(probe, input=stdin or b"", capture_output=True, check=True).stdout.decode().split()
         secs.append(float(out[0]))
         rss.append(float(out[1]))
-    return statistics.median(secs), min(secs), max(secs), max(rss)
+        cpu.append(float(out[2]))
+    return statistics.median(secs), min(secs), max(secs), max(rss), statistics.median(cpu)
 
 
 def main() -> None:
@@ -112,10 +116,12 @@ def main() -> None:
     rows.append(("`octbatch report T` (text)", measure([*octbatch, "report", str(table)], a.repeats)))
     rows.append(("`octbatch report T --html R --referrals C`", measure([*octbatch, "report", str(table), "--html", str(work / "report.html"),
                                                  "--referrals", str(work / "referrals.csv")], a.repeats)))
-    print(f"\n{a.rows:,} rows, {a.patients:,} patients, {a.repeats} repeat(s), fresh process each\n")
-    print("| command | median s | min–max s | peak RSS MiB |\n|---|---|---|---|")
-    for name, (med, lo, hi, rss) in rows:
-        print(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {rss:.0f} |")
+    load = os.getloadavg()
+    print(f"\n{a.rows:,} rows, {a.patients:,} patients, {a.repeats} repeat(s), fresh process each; "
+          f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| command | median wall s | min–max wall s | median CPU s (user+sys) | peak RSS MiB |\n|---|---|---|---|---|")
+    for name, (med, lo, hi, rss, cpu) in rows:
+        print(f"| {name} | {med:.2f} | {lo:.2f}–{hi:.2f} | {cpu:.2f} | {rss:.0f} |")
 
 
 if __name__ == "__main__":
