@@ -314,3 +314,16 @@ def test_the_text_summary_pass_gives_the_same_numbers(tmp_path):
     assert light.confusion.tolist() == full.confusion.tolist() and light.ece == full.ece and light.statuses == full.statuses
     assert {k: v["count"] for k, v in light.errors.items()} == {k: v["count"] for k, v in full.errors.items()}
     assert light.patients is None and light.samples == {} and light.provenance == {}
+
+
+def test_a_sixteen_bit_scan_gets_a_visible_thumbnail(tmp_path):
+    import base64
+
+    from PIL import Image
+
+    from conftest import scan
+
+    Image.fromarray(scan(5).astype(np.uint16) * 40).save(tmp_path / "s16.png")  # values up to ~10,000
+    uri, why = thumbnail(str(tmp_path), "s16.png")
+    px = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert why == "" and px.min() < 30 and px.max() > 200 and (px == 255).mean() < 0.5  # stretched, not clipped white

@@ -92,14 +92,15 @@ def _provenance(a: Aggregate) -> list[tuple[str, str]]:
             return next(iter(vals))
         return ", ".join(f"{v} ({n:,} rows)" for v, n in sorted(vals.items(), key=lambda kv: -kv[1]))
 
+    # the columns first: a table resumed or merged over several runs says which rows came from which
     items = [
         ("model", md.get("model_path")),
-        ("model sha256", md.get("model_sha256") or col("model_sha256")),
+        ("model sha256", col("model_sha256") or md.get("model_sha256")),
         ("classes", ", ".join(a.classes)),
         ("backend", col("backend")),
         ("precision", col("precision")),
         ("decoder", col("decoder")),
-        ("run id", md.get("run_id") or col("run_id")),
+        ("run id", col("run_id") or md.get("run_id")),
         ("octbatch version", md.get("octbatch_version")),
         ("archive root", md.get("archive_root")),
         ("table written", md.get("written_at")),

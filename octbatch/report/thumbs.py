@@ -31,6 +31,18 @@ def _inside(root: str, rel: str) -> str | None:
     return full if os.path.isabs(full) and os.path.commonpath([base, full]) == base and not os.path.isabs(rel) else None
 
 
+def _to_grey(im):
+    """8-bit greyscale; 16-bit and float scans are stretched to their own range (convert("L") would clip them)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+        from PIL import Image
+
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        return Image.fromarray(((a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0).astype(np.uint8))
+    return im.convert("L")
+
+
 def thumbnail(root: str, rel: str, size: int = SIZE) -> tuple[str | None, str]:
     """(data URI of a greyscale JPEG thumbnail or None, why not)."""
     from PIL import Image
@@ -41,7 +53,7 @@ def thumbnail(root: str, rel: str, size: int = SIZE) -> tuple[str | None, str]:
     try:
         with Image.open(full) as im:
             im.draft("L", (size * 2, size * 2))  # JPEG: let libjpeg decode at a reduced scale
-            im = im.convert("L")
+            im = _to_grey(im)
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=80)
