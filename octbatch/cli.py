@@ -173,7 +173,8 @@ def merge(out, archive, allow_missing, as_json, quiet):
 @click.option("--archive", type=click.Path(file_okay=False), help="Read the sample scans from here [default: the table's archive root].")
 @click.option("--top", type=int, default=20, help="Rows in each list of the HTML report (mistakes, least confident, patients).")
 @click.option("--referrals", type=click.Path(dir_okay=False), help="Write every patient's referral level to this CSV (with --html).")
-def report(results, as_json, html_out, archive, top, referrals):
+@click.option("--png-dir", type=click.Path(file_okay=False), help="Also write the report's charts as PNG files here (with --html).")
+def report(results, as_json, html_out, archive, top, referrals, png_dir):
     """Summarise a results table: predictions, unreadable files, accuracy where names give labels.
 
     With --html, also write a report a person can open in a browser or attach to an email: confusion
@@ -186,12 +187,12 @@ def report(results, as_json, html_out, archive, top, referrals):
     """
     from .report import render_text, summary_dict
 
-    if referrals and not html_out:
-        raise OctbatchError("--referrals is written together with the HTML report", "Add --html report.html.")
+    if (referrals or png_dir) and not html_out:
+        raise OctbatchError("--referrals and --png-dir are written together with the HTML report", "Add --html report.html.")
     if html_out:
         from .report import write_html
 
-        res = write_html(results, html_out, archive=archive, top=top, referrals_csv=referrals)
+        res = write_html(results, html_out, archive=archive, top=top, referrals_csv=referrals, png_dir=png_dir)
         s = summary_dict(res["aggregate"])
     else:
         from .report import aggregate
@@ -199,7 +200,8 @@ def report(results, as_json, html_out, archive, top, referrals):
         s = summary_dict(aggregate(results, details=False))
     click.echo(json.dumps(s, indent=1) if as_json else render_text(s))
     if html_out:
-        click.echo(f"octbatch: wrote the HTML report {html_out}" + (f" and {res['patients']} patient(s) to {referrals}" if referrals else ""), err=True)
+        click.echo(f"octbatch: wrote the HTML report {html_out}" + (f", {res['patients']} patient(s) to {referrals}" if referrals else "")
+                   + (f", {len(res['pngs'])} chart(s) to {png_dir}" if png_dir else ""), err=True)
 
 
 @cli.command()

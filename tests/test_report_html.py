@@ -131,7 +131,7 @@ class _Refs(HTMLParser):
 def test_cli_html_is_self_contained_and_needs_no_network(tmp_path):
     g = golden_table(tmp_path / "g.parquet")
     out, ref = tmp_path / "r.html", tmp_path / "ref.csv"
-    r = CliRunner().invoke(cli, ["report", str(g), "--html", str(out), "--referrals", str(ref), "--json"])
+    r = CliRunner().invoke(cli, ["report", str(g), "--html", str(out), "--referrals", str(ref), "--json", "--png-dir", str(tmp_path / "png")])
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert s["statuses"]["suspect"] == 1 and s["ece"] == pytest.approx(0.35, abs=1e-6)
@@ -147,6 +147,11 @@ def test_cli_html_is_self_contained_and_needs_no_network(tmp_path):
     assert "status=suspect" in html and "truncated JPEG" in html and "no-such-archive" in html and "not reachable" in html
     assert "run-a (6 rows)" in html or "run-b (7 rows), run-a (6 rows)" in html
     assert len(list(csv.DictReader(ref.open()))) == 6
+    from PIL import Image
+
+    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert pngs == ["confidence.png", "confusion.png", "predicted.png", "reliability.png"]
+    assert all(Image.open(tmp_path / "png" / n).size[0] > 300 for n in pngs)
 
 
 def test_referrals_needs_html_and_top_must_be_positive(tmp_path):

@@ -6,6 +6,7 @@ and patient ids come from an archive and are untrusted text.
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import datetime, timezone
 
@@ -15,7 +16,7 @@ from .files import write_text_atomic
 from .referral import LEVELS, referral_table, write_csv
 from .thumbs import archive_root, thumbnail
 
-__all__ = ["write_html", "render_html", "environment", "DISCLAIMER"]
+__all__ = ["write_html", "render_html", "pictures", "write_pngs", "environment", "DISCLAIMER"]
 
 DISCLAIMER = ("Not a medical device. octbatch and its shipped model are research software: the model is a small demonstration "
               "trained on a public sample of scans. Nothing in this report is a diagnosis or a referral decision; a clinician "
@@ -32,20 +33,49 @@ def environment():
     return env
 
 
-def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, referrals=None, referrals_csv: str | None = None) -> str:
-    """The report page of aggregate ``a``; ``referrals``: its referral_table() when already computed."""
+def pictures(a: Aggregate) -> dict[str, str]:
+    """The report's charts as PNG data URIs: predicted, confidence, and with labels confusion, reliability."""
     from . import charts
 
+    out = {}
+    if a.ok:
+        out["predicted"] = charts.predicted_bars({**{c: a.predicted.get(c, 0) for c in a.classes}, **a.predicted})
+    if a.conf_hist is not None and a.conf_hist.sum():
+        out["confidence"] = charts.confidence_histograms(a.classes, a.conf_hist)
+    if a.labelled:
+        out["confusion"] = charts.confusion_matrices(a.classes, a.confusion)
+        out["reliability"] = charts.reliability_diagram(a.reliability(), a.ece)
+    return out
+
+
+def write_pngs(pics: dict[str, str], folder: str) -> list[str]:
+    """The charts as PNG files too (for slides and papers): folder/<name>.png."""
+    from ..errors import OctbatchError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        paths = []
+        for name, uri in pics.items():
+            p = os.path.join(folder, f"{name}.png")
+            with open(p, "wb") as f:
+                f.write(base64.b64decode(uri.split(",", 1)[1]))
+            paths.append(p)
+        return paths
+    except OSError as exc:
+        raise OctbatchError(f"cannot write the charts to {folder}: {exc.strerror or exc}", "Give a folder you can write to.") from None
+
+
+def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, referrals=None, referrals_csv: str | None = None,
+                pics: dict[str, str] | None = None) -> str:
+    """The report page of aggregate ``a``; ``referrals``, ``pics``: its referral_table() and pictures() when
+    already computed."""
     md = a.metadata
     known = {"ok", "error", "failed"}
     counts = {"files": a.rows, "ok": a.ok, "unreadable": a.statuses.get("error", 0), "failed": a.statuses.get("failed", 0),
               "other": {k: n for k, n in sorted(a.statuses.items()) if k not in known}}
-    pictures = {"predicted": charts.predicted_bars({**{c: a.predicted.get(c, 0) for c in a.classes}, **a.predicted}) if a.ok else None,
-                "confidence": charts.confidence_histograms(a.classes, a.conf_hist) if a.conf_hist is not None and a.conf_hist.sum() else None}
+    pics = pictures(a) if pics is None else pics
     quality = None
     if a.labelled:
-        pictures["confusion"] = charts.confusion_matrices(a.classes, a.confusion)
-        pictures["reliability"] = charts.reliability_diagram(a.reliability(), a.ece)
         quality = {"labelled": a.labelled, "accuracy": a.accuracy, "ece": a.ece, "per_class": a.per_class(),
                    "reliability": a.reliability(), "classes": a.classes,
                    "confusion": [[int(v) for v in row] for row in a.confusion]}
@@ -61,7 +91,7 @@ def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, refe
         "provenance": _provenance(a),
         "counts": counts,
         "statuses": sorted(a.statuses.items(), key=lambda kv: -kv[1]),
-        "pictures": pictures,
+        "pictures": {k: pics.get(k) for k in ("predicted", "confidence", "confusion", "reliability")},
         "quality": quality,
         "has_labels": a.has_labels,
         "samples": samples,
@@ -142,10 +172,11 @@ def _sample_sections(a: Aggregate, root: str | None, top: int) -> list[dict]:
     return sections
 
 
-def write_html(results: str, out: str, *, archive: str | None = None, top: int = 20, referrals_csv: str | None = None) -> dict:
-    """Aggregate ``results`` and write the HTML report to ``out`` (and the referral CSV when asked).
+def write_html(results: str, out: str, *, archive: str | None = None, top: int = 20, referrals_csv: str | None = None,
+               png_dir: str | None = None) -> dict:
+    """Aggregate ``results`` and write the HTML report to ``out`` (and the referral CSV, the chart PNGs when asked).
 
-    Returns {"html": out, "referrals": csv path or None, "patients": n, "summary": aggregate}.
+    Returns {"html": out, "referrals": csv path or None, "pngs": [paths], "patients": n, "aggregate": Aggregate}.
     """
     if top < 1:
         from ..errors import OctbatchError
@@ -157,5 +188,7 @@ def write_html(results: str, out: str, *, archive: str | None = None, top: int =
     ref = referral_table(a.patients, a.classes)
     if referrals_csv:
         write_csv(referrals_csv, ref, a.classes)
-    write_text_atomic(out, render_html(a, archive=archive, top=top, referrals=ref, referrals_csv=referrals_csv))
-    return {"html": out, "referrals": referrals_csv, "patients": ref.num_rows, "aggregate": a}
+    pics = pictures(a)
+    pngs = write_pngs(pics, png_dir) if png_dir else []
+    write_text_atomic(out, render_html(a, archive=archive, top=top, referrals=ref, referrals_csv=referrals_csv, pics=pics))
+    return {"html": out, "referrals": referrals_csv, "pngs": pngs, "patients": ref.num_rows, "aggregate": a}
