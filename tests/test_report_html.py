@@ -332,3 +332,17 @@ def test_a_sixteen_bit_scan_gets_a_visible_thumbnail(tmp_path):
     uri, why = thumbnail(str(tmp_path), "s16.png")
     px = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert why == "" and px.min() < 30 and px.max() > 200 and (px == 255).mean() < 0.5  # stretched, not clipped white
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_report_of_real_scans_shows_their_thumbnails(tmp_path, tiny_model):
+    from conftest import DATA_DIR
+
+    out = tmp_path / "r.parquet"
+    r = CliRunner().invoke(cli, ["run", str(DATA_DIR), "--out", str(out), "--model", tiny_model, "--limit", "60", "-q"])
+    assert r.exit_code == 0, r.output
+    res = write_html(str(out), str(tmp_path / "r.html"), referrals_csv=str(tmp_path / "ref.csv"))
+    html = (tmp_path / "r.html").read_text()
+    assert "Scans are not shown" not in html and html.count('src="data:image/jpeg;base64,') >= 20
+    assert res["aggregate"].labelled == 60 and res["patients"] > 0  # Kermany names give labels and patients
