@@ -75,10 +75,12 @@ def test_golden_numbers_confusion_metrics_ece(tmp_path):
     assert (m["DME"]["precision"], m["DME"]["recall"]) == (0.5, 1.0)
     assert m["NORMAL"]["precision"] == pytest.approx(2 / 3) and m["NORMAL"]["f1"] == pytest.approx(2 / 3)
     assert m["DRUSEN"]["f1"] == pytest.approx(0.5)
-    # bins 9: three right at .95; 8: wrong at .85; 7: right at .75; 6: wrong .65; 5: right .55; 4: wrong .45
+    # 15 bins of width 1/15: .95 -> bin 14 (three, all right); .85 -> 12 (wrong); .75 -> 11 (right); .65 -> 9 (wrong);
+    # .55 -> 8 (right); .45 -> 6 (wrong)
     assert a.ece == pytest.approx((3 * 0.05 + 0.85 + 0.25 + 0.65 + 0.45 + 0.45) / 8, abs=1e-6)
     rel = a.reliability()
-    assert [b["n"] for b in rel] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 3] and rel[9]["accuracy"] == 1.0 and rel[8]["accuracy"] == 0.0
+    assert [b["n"] for b in rel] == [0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 3]
+    assert rel[14]["accuracy"] == 1.0 and rel[12]["accuracy"] == 0.0 and rel[14]["confidence"] == pytest.approx(0.95)
     assert a.errors[("error", "truncated JPEG")]["count"] == 2 and a.errors[("failed", "shard failed on every retry")]["count"] == 1
     assert a.errors[("suspect", "(no message)")]["count"] == 1
     assert a.provenance["run_id"] == {"run-a": 6, "run-b": 7}

@@ -19,7 +19,7 @@ from ..errors import OctbatchError
 __all__ = ["Aggregate", "aggregate", "error_key", "CONF_BINS", "RELIABILITY_BINS", "PROVENANCE_COLUMNS"]
 
 CONF_BINS = 20  # confidence histogram bins per predicted class
-RELIABILITY_BINS = 10  # equal-width confidence bins of the reliability diagram / ECE
+RELIABILITY_BINS = 15  # equal-width confidence bins of the reliability diagram / ECE (the usual 15, as training reports)
 BATCH_ROWS = 65536
 PROVENANCE_COLUMNS = ("model_sha256", "backend", "precision", "decoder", "run_id")
 _REQUIRED = ("path", "status", "pred")  # path: every octbatch table has it; read only with details
