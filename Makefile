@@ -21,13 +21,18 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test,dali,cluster,bench]' '$(TORCH)'
+	$(PIP) install -q -e '.[test,dali,cluster,bench,report]' '$(TORCH)'
+	touch $@
+
+# The HTML report's extra (matplotlib, jinja2), for `make demo`.
+$(VENV)/.installed-report: $(VENV)/.installed
+	$(PIP) install -q -e '.[report]'
 	touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-demo: install
+demo: $(VENV)/.installed-report
 	@mkdir -p $(DEMO_OUT)
 	@if [ -d "$(SHARED_DATA)" ]; then \
 	  echo "demo: classifying the real OCT2017 sample in $(SHARED_DATA)"; archive="$(SHARED_DATA)"; \
@@ -37,7 +42,7 @@ demo: install
 	fi; \
 	$(BIN)/octbatch run "$$archive" --out $(DEMO_OUT)/results.parquet --overwrite -v; rc=$$?; \
 	[ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; \
-	$(BIN)/octbatch report $(DEMO_OUT)/results.parquet
+	$(BIN)/octbatch report $(DEMO_OUT)/results.parquet --html $(DEMO_OUT)/report.html --referrals $(DEMO_OUT)/referrals.csv
 
 test: install-test
 	$(BIN)/python -m pytest -q

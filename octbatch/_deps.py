@@ -28,6 +28,8 @@ _HINTS: dict[str, tuple[str, str, str]] = {
     "torch": ("train", "pip install 'octbatch[train]'  (CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)", ""),
     "onnx": ("train", "pip install onnx", ""),
     "cuda": ("tensorrt", "pip install cuda-python", ""),
+    "jinja2": ("report", "pip install 'octbatch[report]'", ""),
+    "matplotlib": ("report", "pip install 'octbatch[report]'", ""),
 }
 
 

@@ -948,7 +948,7 @@ def _derive(rows: list[dict], cfg: BenchConfig, threads: int, gpu: bool) -> dict
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run every measurement of `cfg` and write results.json, summary.md and charts into cfg.out."""
+    """Run every measurement of `cfg` and write results.json, summary.md, charts and report.html into cfg.out."""
     from .bench_report import render_charts, render_markdown
     from .config import default_threads
 
@@ -995,6 +995,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> 
         charts, note = render_charts(result, out)
         result["charts"] = charts or note
     (out / "summary.md").write_text(render_markdown(result))
+    from ._deps import is_available
+
+    if is_available("jinja2"):  # the report extra: the same summary and charts as one HTML page
+        from .report.bench_html import bench_html
+
+        (out / "report.html").write_text(bench_html(result, out))
+        result["html"] = str(out / "report.html")
     with open(out / "results.json", "w") as f:
         json.dump(result, f, indent=1, default=str)
     return result

@@ -1,5 +1,8 @@
 """Rendering of `octbatch bench` results: a Markdown summary people read, and PNG charts.
 
+The charts use the HTML report's figure helper (octbatch.report.charts), and octbatch.report.bench_html turns
+the summary and charts into one self-contained report.html with the report's template.
+
 Works from the results dict alone (what results.json holds), so a report can be re-rendered from
 a saved JSON file. matplotlib is optional: without it, charts are skipped and the summary says so.
 """
@@ -132,12 +135,10 @@ def render_markdown(res: dict) -> str:
 def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]:
     """PNG charts next to the summary. Returns (paths, note); no matplotlib -> ([], why)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         return [], "skipped (matplotlib is not installed: pip install matplotlib)"
+    from .report.charts import figure  # the HTML report's figures: matplotlib's object API, no pyplot state
     outdir = Path(outdir)
     paths = []
     rows = res["rows"]
@@ -152,7 +153,8 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
         bars.append((label, r["median"], r.get("min", r["median"]), r.get("max", r["median"]), r["kind"]))
     if bars:
         colors = {"stage": "#8fa8c8", "ceiling": "#5b7fae", "e2e": "#2a6f3a", "baseline": "#c0504d", "experiment": "#d9a441"}
-        fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
+        fig = figure(8, 0.35 * len(bars) + 1.5)
+        ax = fig.subplots()
         ys = range(len(bars))
         ax.barh(list(ys), [b[1] for b in bars], color=[colors[b[4]] for b in bars],
                 xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], capsize=2)
@@ -163,15 +165,14 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel("images per second (median, min–max)")
         ax.set_title("octbatch bench: stages, end to end, baselines", fontsize=10)
-        fig.tight_layout()
         p = outdir / "throughput.png"
         fig.savefig(p, dpi=90)
-        plt.close(fig)
         paths.append(str(p))
 
     scale = [r for r in rows if r["kind"] == "scale" and r.get("seconds") is not None and r["name"].startswith("discover")]
     if scale:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        fig = figure(9, 3.4)
+        a1, a2 = fig.subplots(1, 2)
         for mode in sorted({r["name"] for r in scale}):
             pts = sorted((r["files"], r["seconds"], r.get("peak_rss_mb") or 0) for r in scale if r["name"] == mode)
             a1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
@@ -184,9 +185,7 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
             a.legend(fontsize=8)
         a1.set_yscale("log")
         fig.suptitle("octbatch bench: scaling", fontsize=10)
-        fig.tight_layout()
         p = outdir / "scaling.png"
         fig.savefig(p, dpi=90)
-        plt.close(fig)
         paths.append(str(p))
     return paths, ""

@@ -168,13 +168,40 @@ def merge(out, archive, allow_missing, as_json, quiet):
 
 @cli.command()
 @click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
-def report(results, as_json):
-    """Summarise a results table: predictions, unreadable files, accuracy where names give labels."""
-    from .report import render_text, summarize
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write one self-contained HTML report here (needs the report extra).")
+@click.option("--archive", type=click.Path(file_okay=False), help="Read the sample scans from here [default: the table's archive root].")
+@click.option("--top", type=int, default=20, help="Rows in each list of the HTML report (mistakes, least confident, patients).")
+@click.option("--referrals", type=click.Path(dir_okay=False), help="Write every patient's referral level to this CSV (with --html).")
+@click.option("--png-dir", type=click.Path(file_okay=False), help="Also write the report's charts as PNG files here (with --html).")
+def report(results, as_json, html_out, archive, top, referrals, png_dir):
+    """Summarise a results table: predictions, unreadable files, accuracy where names give labels.
 
-    s = summarize(results)
+    With --html, also write a report a person can open in a browser or attach to an email: confusion
+    matrix, calibration, sample scans, per-patient referral list, unreadable files.
+
+    \b
+    Example:
+      octbatch report results.parquet
+      octbatch report results.parquet --html report.html --referrals referrals.csv
+    """
+    from .report import render_text, summary_dict
+
+    if (referrals or png_dir) and not html_out:
+        raise OctbatchError("--referrals and --png-dir are written together with the HTML report", "Add --html report.html.")
+    if html_out:
+        from .report import write_html
+
+        res = write_html(results, html_out, archive=archive, top=top, referrals_csv=referrals, png_dir=png_dir)
+        s = summary_dict(res["aggregate"])
+    else:
+        from .report import aggregate
+
+        s = summary_dict(aggregate(results, details=False))
     click.echo(json.dumps(s, indent=1) if as_json else render_text(s))
+    if html_out:
+        click.echo(f"octbatch: wrote the HTML report {html_out}" + (f", {res['patients']} patient(s) to {referrals}" if referrals else "")
+                   + (f", {len(res['pngs'])} chart(s) to {png_dir}" if png_dir else ""), err=True)
 
 
 @cli.command()

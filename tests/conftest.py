@@ -128,3 +128,23 @@ def make_bad_archive(root: Path, good: int = 40) -> dict:
     expected["odd/link-to-file.jpeg"] = ("ok", None)
     expected[os.fsencode(NON_UTF8_NAME).decode("utf-8", "backslashreplace")] = ("ok", None)
     return expected
+
+
+# Files a test keeps for people to look at (e.g. the report's browser screenshot); listed at the end of the run.
+ARTIFACTS = Path(os.environ.get("OCTBATCH_ARTIFACTS", REPO / "test-artifacts"))
+_KEPT: list[str] = []
+
+
+def keep_artifact(name: str, data: bytes) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    p = ARTIFACTS / name
+    p.write_bytes(data)
+    _KEPT.append(str(p))
+    return p
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _KEPT:
+        terminalreporter.write_sep("-", "test artefacts")
+        for p in _KEPT:
+            terminalreporter.write_line(p)

@@ -197,3 +197,8 @@ def test_bench_quick_produces_json_markdown_and_charts(tmp_path):
     else:
         assert (out / "throughput.png").stat().st_size > 1000
         assert (out / "scaling.png").stat().st_size > 1000
+    from octbatch._deps import is_available
+
+    if is_available("jinja2"):  # the report extra: one HTML page with the same summary and charts inlined
+        html = (out / "report.html").read_text()
+        assert "Stage ceilings" in html and ("data:image/png;base64," in html) == is_available("matplotlib")

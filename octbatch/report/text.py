@@ -1,0 +1,49 @@
+"""A readable summary of a results table: counts, errors, and accuracy where labels are known."""
+
+from __future__ import annotations
+
+from .aggregate import Aggregate, aggregate
+
+__all__ = ["summarize", "summary_dict", "render_text"]
+
+
+def summarize(path: str) -> dict:
+    """The summary of the table at ``path`` as a JSON-ready dict (what `octbatch report --json` prints)."""
+    return summary_dict(aggregate(path, details=False))
+
+
+def summary_dict(a: Aggregate) -> dict:
+    errors: dict[str, int] = {}
+    for (_, key), e in a.errors.items():
+        errors[key] = errors.get(key, 0) + e["count"]
+    predicted = {c: a.predicted.get(c, 0) for c in a.classes}
+    predicted.update({c: n for c, n in a.predicted.items() if c not in predicted})
+    out = {"path": a.path, "rows": a.rows, "ok": a.ok, "not_ok": a.rows - a.ok, "statuses": dict(sorted(a.statuses.items())),
+           "errors": errors, "predicted": predicted, "classes": a.classes, "labelled": a.labelled}
+    if a.labelled:
+        out["accuracy"] = a.accuracy
+        out["confusion"] = {t: {p: int(a.confusion[i, j]) for j, p in enumerate(a.classes)} for i, t in enumerate(a.classes)}
+        out["recall"] = {m["class"]: m["recall"] for m in a.per_class()}
+        out["per_class"] = a.per_class()
+        out["ece"] = a.ece
+    return out
+
+
+def render_text(s: dict) -> str:
+    lines = [f"{s['path']}: {s['rows']} rows, {s['ok']} classified, {s['not_ok']} not readable"]
+    other = {k: n for k, n in s.get("statuses", {}).items() if k not in ("ok", "error")}
+    if other:
+        lines[0] += " (" + ", ".join(f"{n} status={k}" for k, n in other.items()) + ")"
+    lines.append("predicted: " + ", ".join(f"{c} {n}" for c, n in s["predicted"].items()))
+    for k, n in sorted(s["errors"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  error x{n}: {k}")
+    if "accuracy" in s:
+        lines.append(f"on {s['labelled']} scans whose name or folder gives the class: accuracy {s['accuracy']:.3f}"
+                     + (f", expected calibration error {s['ece']:.3f}" if s.get("ece") is not None else ""))
+        w = max(len(c) for c in s["classes"]) + 2
+        lines.append("true \\ pred".ljust(w + 4) + "".join(c.rjust(w) for c in s["classes"]) + "   recall")
+        for a in s["classes"]:
+            r = s["recall"][a]
+            lines.append(a.ljust(w + 4) + "".join(str(s["confusion"][a][b]).rjust(w) for b in s["classes"]) + (f"   {r:.3f}" if r is not None else "   -"))
+        lines.append("(labels come from file names; this is a sanity check, not a clinical evaluation)")
+    return "\n".join(lines)
