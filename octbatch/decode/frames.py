@@ -1,0 +1,256 @@
+"""Decoding the frames of volumes: DICOM (any supported transfer syntax) and multi-page TIFF.
+
+A batch may mix plain files (handed to the run's decoder as usual) and frames. Frames are grouped
+by file and each file's frames are cut into contiguous chunks, one per decode thread; each chunk
+opens the file, reads only its own frames and decodes them:
+
+* JPEG baseline DICOM: the encapsulated frame bytes go straight to octbatch's JPEG decoder
+  (simplejpeg, DCT-scaled), as a .jpeg file's bytes would: same bytes, same pixels.
+* native (uncompressed) DICOM: the frame's bytes are read at their offset and reshaped here.
+* every other transfer syntax: pydicom's pixel handlers (`pydicom.pixels.iter_pixels`, which reads
+  from the file frame by frame; plugins from the `dicom` extra).
+* TIFF pages: Pillow, page by page.
+
+Memory is one batch of frames, whatever the size of the volume. A frame that fails gets its own
+error; the other frames of the file are still decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+
+from ..preprocess import Preprocessing
+from .base import DecodedBatch, DecodeError
+from .cpu import _crop_resize, _to_gray_u8, decode_image
+
+__all__ = ["FrameDecoder", "has_frames", "to_gray_u8"]
+
+
+def has_frames(entries: Sequence) -> bool:
+    return any(hasattr(e, "frame") for e in entries)
+
+
+def to_gray_u8(arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8, signed: bool = False) -> np.ndarray:
+    """A decoded DICOM frame (rows, cols) or (rows, cols, 3 RGB) -> uint8 grayscale."""
+    import cv2
+
+    a = arr
+    if a.ndim == 3:
+        if a.dtype != np.uint8:
+            a = _scale_u8(a, bits_stored, signed)
+        return cv2.cvtColor(np.ascontiguousarray(a[..., :3]), cv2.COLOR_RGB2GRAY)
+    if a.dtype != np.uint8:
+        a = _scale_u8(a, bits_stored, signed)
+    if photometric == "MONOCHROME1":
+        a = 255 - a
+    return np.ascontiguousarray(a)
+
+
+def _scale_u8(a: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    bits = max(1, min(int(bits_stored), 16))
+    x = a.astype(np.int32)
+    if signed:
+        x = x + (1 << (bits - 1))
+    if bits > 8:
+        x = x >> (bits - 8)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class FrameDecoder:
+    """Decodes batches that hold frames of volumes (and plain files, through `decoder`)."""
+
+    def __init__(self, spec: Preprocessing, *, threads: int = 2, max_pixels: int = 64_000_000):
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self.threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-frames") if self.threads > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def decode_entries(self, decoder, entries: Sequence) -> DecodedBatch:
+        n = len(entries)
+        images = np.empty((n, self.spec.height, self.spec.width), np.uint8)
+        sizes: list = [None] * n
+        errors: list = [None] * n
+        plain = [i for i, e in enumerate(entries) if not hasattr(e, "frame")]
+        if plain:
+            sub = decoder.decode_batch([entries[i].abspath for i in plain])
+            for j, i in enumerate(plain):
+                images[i], sizes[i], errors[i] = sub.images[j], sub.sizes[j], sub.errors[j]
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            if not hasattr(e, "frame"):
+                continue
+            if e.error is not None:
+                errors[i] = e.error
+            elif e.info is None:
+                errors[i] = "no frame information for this file"
+            else:
+                groups.setdefault(e.abspath, []).append(i)
+        tasks = []
+        for rows in groups.values():
+            rows.sort(key=lambda i: entries[i].index)
+            k = min(self.threads, len(rows))
+            step = -(-len(rows) // k)
+            tasks.extend(rows[j:j + step] for j in range(0, len(rows), step))
+
+        def run(rows: list[int]) -> None:
+            try:
+                self._chunk(entries, rows, images, sizes, errors)
+            except DecodeError as exc:
+                for i in rows:
+                    if errors[i] is None and sizes[i] is None:
+                        errors[i] = str(exc)
+            except MemoryError:
+                for i in rows:
+                    if sizes[i] is None:
+                        errors[i] = "out of memory while decoding"
+            except Exception as exc:  # noqa: BLE001 - one file never fails its batch
+                for i in rows:
+                    if errors[i] is None and sizes[i] is None:
+                        errors[i] = f"decode failed: {type(exc).__name__}: {str(exc)[:300]}"
+
+        if self._pool is None or len(tasks) < 2:
+            for t in tasks:
+                run(t)
+        else:
+            list(self._pool.map(run, tasks))
+        return DecodedBatch(images, sizes, errors)
+
+    # -- one contiguous chunk of one file's frames --------------------------------------------
+    def _chunk(self, entries, rows, images, sizes, errors) -> None:
+        e0 = entries[rows[0]]
+        if e0.info.kind == "tiff":
+            return self._tiff(entries, rows, images, sizes, errors)
+        info = e0.info
+        try:
+            f = open(e0.abspath, "rb")
+        except FileNotFoundError:
+            raise DecodeError("file disappeared after discovery (not found when read)") from None
+        except OSError as exc:
+            raise DecodeError(f"cannot open file: {exc.strerror or exc}") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if st.st_size != e0.size or st.st_mtime_ns != e0.mtime_ns:
+                raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
+            if not info.encapsulated:
+                self._native(f, info, entries, rows, images, sizes, errors)
+            elif info.transfer_syntax == "1.2.840.10008.1.2.4.50":
+                self._jpeg(f, info, entries, rows, images, sizes, errors)
+            else:
+                self._pydicom(e0.abspath, info, entries, rows, images, sizes, errors)
+
+    def _put(self, i, gray: np.ndarray, images, sizes) -> None:
+        h, w = gray.shape
+        images[i] = _crop_resize(gray, self.spec)
+        sizes[i] = (w, h)
+
+    def _native(self, f, info, entries, rows, images, sizes, errors) -> None:
+        nb = info.frame_bytes
+        dtype = np.uint8 if info.bits_allocated == 8 else np.dtype("<i2" if info.pixel_representation else "<u2")
+        needs_pydicom = info.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL")
+        if needs_pydicom:
+            return self._pydicom(entries[rows[0]].abspath, info, entries, rows, images, sizes, errors)
+        for i in rows:
+            try:
+                f.seek(info.pixel_offset + entries[i].index * nb)
+                buf = f.read(nb)
+                if len(buf) < nb:
+                    raise DecodeError(f"frame {entries[i].index} is truncated ({len(buf)} of {nb} bytes)")
+                a = np.frombuffer(buf, dtype)
+                if info.samples == 1:
+                    a = a.reshape(info.rows, info.columns)
+                elif info.planar_configuration == 1:
+                    a = a.reshape(3, info.rows, info.columns).transpose(1, 2, 0)
+                else:
+                    a = a.reshape(info.rows, info.columns, 3)
+                if info.samples == 3 and info.photometric == "YBR_FULL":
+                    a = a[..., 0]  # luminance
+                g = to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation))
+                self._put(i, g, images, sizes)
+            except DecodeError as exc:
+                errors[i] = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = f"decode failed: {type(exc).__name__}: {str(exc)[:300]}"
+
+    def _jpeg(self, f, info, entries, rows, images, sizes, errors) -> None:
+        from pydicom.encaps import generate_frames
+
+        wanted = {entries[i].index: i for i in rows}
+        last = max(wanted)
+        f.seek(info.pixel_offset)
+        got = 0
+        try:
+            for k, data in enumerate(generate_frames(f, number_of_frames=info.n_frames, extended_offsets=info.extended_offsets)):
+                if k in wanted:
+                    got += 1
+                    i = wanted[k]
+                    try:
+                        images[i], sizes[i] = decode_image(data, self.spec, max_pixels=self.max_pixels)
+                    except DecodeError as exc:
+                        errors[i] = f"frame {k}: {exc}"
+                if k >= last:
+                    break
+        except Exception as exc:  # noqa: BLE001 - a broken item sequence ends the frames it holds
+            msg = f"encapsulated Pixel Data is damaged after frame {got}: {type(exc).__name__}: {str(exc)[:200]}"
+            for i in rows:
+                if sizes[i] is None and errors[i] is None:
+                    errors[i] = msg
+        for idx, i in wanted.items():
+            if sizes[i] is None and errors[i] is None:
+                errors[i] = f"frame {idx} is missing from the encapsulated Pixel Data (NumberOfFrames is {info.n_frames}; truncated file?)"
+
+    def _pydicom(self, path, info, entries, rows, images, sizes, errors) -> None:
+        from pydicom.pixels import iter_pixels, pixel_array
+
+        idx = [entries[i].index for i in rows]
+        signed = bool(info.pixel_representation)
+        try:
+            for i, a in zip(rows, iter_pixels(path, indices=idx)):
+                self._put(i, to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed), images, sizes)
+            return
+        except Exception:  # noqa: BLE001 - find which frames fail, one by one
+            pass
+        for i in rows:
+            if sizes[i] is not None:
+                continue
+            try:
+                a = pixel_array(path, index=entries[i].index)
+                self._put(i, to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed), images, sizes)
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = _pydicom_message(entries[i].index, info, exc)
+
+    def _tiff(self, entries, rows, images, sizes, errors) -> None:
+        from PIL import Image
+
+        from .base import read_bytes
+        import io
+
+        data = read_bytes(entries[rows[0]].abspath)
+        with Image.open(io.BytesIO(data)) as im:
+            for i in rows:
+                try:
+                    im.seek(entries[i].index)
+                    w, h = im.size
+                    if w * h > self.max_pixels:
+                        raise DecodeError(f"TIFF page {entries[i].index} is {w}x{h}, over the {self.max_pixels / 1e6:.0f} MP limit")
+                    self._put(i, _to_gray_u8(im), images, sizes)
+                except DecodeError as exc:
+                    errors[i] = str(exc)
+                except Exception as exc:  # noqa: BLE001
+                    errors[i] = f"TIFF page {entries[i].index}: {type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _pydicom_message(index: int, info, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if "plugin" in text.lower() or "missing required dependencies" in text.lower() or "no pixel data decoders" in text.lower():
+        return (f"frame {index}: cannot decode transfer syntax {info.transfer_syntax}: {text} "
+                "(install the dicom extra: pip install 'octbatch[dicom]')")
+    return f"frame {index}: {type(exc).__name__}: {text}"
