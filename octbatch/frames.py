@@ -13,7 +13,6 @@ A row's identity for exactly-once runs is (path, frame, size, mtime): ``row_key`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
@@ -94,14 +93,13 @@ def discovery_filters(formats: Sequence[str] | None) -> tuple[tuple[str, ...], C
     if bad:
         raise OctbatchError(f"unknown format(s) {', '.join(bad)}", f"Use --formats with any of {', '.join(FORMATS)}.")
     exts = tuple(e for f in chosen for e in FORMATS[f])
-    sniff = None
-    if "dicom" in chosen:
-        from .dicom import has_dicm_magic
+    return exts, (_sniff_dicom if "dicom" in chosen else None)
 
-        def sniff(name: str, path: str) -> bool:
-            return _no_extension_or_numeric(name) and has_dicm_magic(path)
 
-    return exts, sniff
+def _sniff_dicom(name: str, path: str) -> bool:
+    from .dicom import has_dicm_magic
+
+    return _no_extension_or_numeric(name) and has_dicm_magic(path)
 
 
 def expand(entries: Iterable, *, pseudonymize, max_pixels: int, max_volume_pixels: int = DEFAULT_MAX_VOLUME_PIXELS) -> Iterator:
@@ -194,9 +192,3 @@ def provenance_values(e) -> tuple:
         return (frame, *_NONE)
     vals = tuple(getattr(info, a) for a in _DICOM_ATTRS)
     return (frame, *vals)
-
-
-def acquired_us(v: datetime | None) -> int | None:
-    if v is None:
-        return None
-    return int((v - datetime(1970, 1, 1)).total_seconds() * 1_000_000)

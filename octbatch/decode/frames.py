@@ -24,10 +24,21 @@ from typing import Sequence
 import numpy as np
 
 from ..preprocess import Preprocessing
-from .base import DecodedBatch, DecodeError
+from .base import DecodedBatch, DecodeError, per_file
 from .cpu import _crop_resize, _to_gray_u8, decode_image
 
 __all__ = ["FrameDecoder", "has_frames", "to_gray_u8"]
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_NATIVE_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL")
+
+
+def _reads_bytes(info) -> bool:
+    """Files whose frames octbatch reads as bytes itself (then decodes one task per frame)."""
+    if info.encapsulated:
+        return info.transfer_syntax == JPEG_BASELINE
+    return info.photometric in _NATIVE_PHOTOMETRIC
 
 
 def has_frames(entries: Sequence) -> bool:
@@ -94,38 +105,52 @@ class FrameDecoder:
                 errors[i] = "no frame information for this file"
             else:
                 groups.setdefault(e.abspath, []).append(i)
+        # Phase 1, per file: JPEG-baseline and native files only read their frames' bytes (one task
+        # each); other syntaxes and TIFF decode in contiguous chunks (pydicom/Pillow open the file per chunk).
         tasks = []
         for rows in groups.values():
             rows.sort(key=lambda i: entries[i].index)
-            k = min(self.threads, len(rows))
+            info = entries[rows[0]].info
+            if info.kind == "dicom" and _reads_bytes(info):
+                tasks.append(rows)
+                continue
+            k = min(2 * self.threads, len(rows))
             step = -(-len(rows) // k)
             tasks.extend(rows[j:j + step] for j in range(0, len(rows), step))
+        pending: dict = {}  # row -> callable returning (image, (w, h)): phase 2, one task per frame
 
         def run(rows: list[int]) -> None:
             try:
-                self._chunk(entries, rows, images, sizes, errors)
-            except DecodeError as exc:
-                for i in rows:
-                    if errors[i] is None and sizes[i] is None:
-                        errors[i] = str(exc)
+                self._chunk(entries, rows, images, sizes, errors, pending)
             except MemoryError:
-                for i in rows:
-                    if sizes[i] is None:
-                        errors[i] = "out of memory while decoding"
+                _fail(rows, "out of memory while decoding")
+            except DecodeError as exc:
+                _fail(rows, str(exc))
             except Exception as exc:  # noqa: BLE001 - one file never fails its batch
-                for i in rows:
-                    if errors[i] is None and sizes[i] is None:
-                        errors[i] = f"decode failed: {type(exc).__name__}: {str(exc)[:300]}"
+                _fail(rows, f"decode failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+        def _fail(rows, msg: str) -> None:
+            for i in rows:
+                if errors[i] is None and sizes[i] is None:
+                    pending.pop(i, None)
+                    errors[i] = msg
 
         if self._pool is None or len(tasks) < 2:
             for t in tasks:
                 run(t)
         else:
             list(self._pool.map(run, tasks))
+        if pending:
+            order = sorted(pending)
+
+            def work(i: int) -> None:
+                images[i], sizes[i] = pending[i]()
+
+            per_file(work, order, errors, self._pool)
         return DecodedBatch(images, sizes, errors)
 
     # -- one contiguous chunk of one file's frames --------------------------------------------
-    def _chunk(self, entries, rows, images, sizes, errors) -> None:
+    def _chunk(self, entries, rows, images, sizes, errors, pending) -> None:
         e0 = entries[rows[0]]
         if e0.info.kind == "tiff":
             return self._tiff(entries, rows, images, sizes, errors)
@@ -140,47 +165,44 @@ class FrameDecoder:
             st = os.fstat(f.fileno())
             if st.st_size != e0.size or st.st_mtime_ns != e0.mtime_ns:
                 raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
-            if not info.encapsulated:
-                self._native(f, info, entries, rows, images, sizes, errors)
-            elif info.transfer_syntax == "1.2.840.10008.1.2.4.50":
-                self._jpeg(f, info, entries, rows, images, sizes, errors)
-            else:
+            if not _reads_bytes(info):
                 self._pydicom(e0.abspath, info, entries, rows, images, sizes, errors)
+            elif not info.encapsulated:
+                self._native(f, info, entries, rows, images, sizes, errors, pending)
+            else:
+                self._jpeg(f, info, entries, rows, images, sizes, errors, pending)
 
     def _put(self, i, gray: np.ndarray, images, sizes) -> None:
         h, w = gray.shape
         images[i] = _crop_resize(gray, self.spec)
         sizes[i] = (w, h)
 
-    def _native(self, f, info, entries, rows, images, sizes, errors) -> None:
+    def _native(self, f, info, entries, rows, images, sizes, errors, pending) -> None:
         nb = info.frame_bytes
-        dtype = np.uint8 if info.bits_allocated == 8 else np.dtype("<i2" if info.pixel_representation else "<u2")
-        needs_pydicom = info.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL")
-        if needs_pydicom:
-            return self._pydicom(entries[rows[0]].abspath, info, entries, rows, images, sizes, errors)
         for i in rows:
-            try:
-                f.seek(info.pixel_offset + entries[i].index * nb)
-                buf = f.read(nb)
-                if len(buf) < nb:
-                    raise DecodeError(f"frame {entries[i].index} is truncated ({len(buf)} of {nb} bytes)")
-                a = np.frombuffer(buf, dtype)
-                if info.samples == 1:
-                    a = a.reshape(info.rows, info.columns)
-                elif info.planar_configuration == 1:
-                    a = a.reshape(3, info.rows, info.columns).transpose(1, 2, 0)
-                else:
-                    a = a.reshape(info.rows, info.columns, 3)
-                if info.samples == 3 and info.photometric == "YBR_FULL":
-                    a = a[..., 0]  # luminance
-                g = to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation))
-                self._put(i, g, images, sizes)
-            except DecodeError as exc:
-                errors[i] = str(exc)
-            except Exception as exc:  # noqa: BLE001
-                errors[i] = f"decode failed: {type(exc).__name__}: {str(exc)[:300]}"
+            f.seek(info.pixel_offset + entries[i].index * nb)
+            buf = f.read(nb)
+            if len(buf) < nb:
+                errors[i] = f"frame {entries[i].index} is truncated ({len(buf)} of {nb} bytes)"
+            else:
+                pending[i] = lambda buf=buf: self._native_frame(buf, info)
 
-    def _jpeg(self, f, info, entries, rows, images, sizes, errors) -> None:
+    def _native_frame(self, buf: bytes, info):
+        dtype = np.uint8 if info.bits_allocated == 8 else np.dtype("<i2" if info.pixel_representation else "<u2")
+        a = np.frombuffer(buf, dtype)
+        if info.samples == 1:
+            a = a.reshape(info.rows, info.columns)
+        elif info.planar_configuration == 1:
+            a = a.reshape(3, info.rows, info.columns).transpose(1, 2, 0)
+        else:
+            a = a.reshape(info.rows, info.columns, 3)
+        if info.samples == 3 and info.photometric == "YBR_FULL":
+            a = a[..., 0]  # luminance
+        g = to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation))
+        return _crop_resize(g, self.spec), (g.shape[1], g.shape[0])
+
+    def _jpeg(self, f, info, entries, rows, images, sizes, errors, pending) -> None:
+        """Walk the item sequence up to the last frame wanted, keeping the wanted frames' bytes."""
         from pydicom.encaps import generate_frames
 
         wanted = {entries[i].index: i for i in rows}
@@ -191,21 +213,23 @@ class FrameDecoder:
             for k, data in enumerate(generate_frames(f, number_of_frames=info.n_frames, extended_offsets=info.extended_offsets)):
                 if k in wanted:
                     got += 1
-                    i = wanted[k]
-                    try:
-                        images[i], sizes[i] = decode_image(data, self.spec, max_pixels=self.max_pixels)
-                    except DecodeError as exc:
-                        errors[i] = f"frame {k}: {exc}"
+                    pending[wanted[k]] = lambda data=data, k=k: self._jpeg_frame(data, k)
                 if k >= last:
                     break
         except Exception as exc:  # noqa: BLE001 - a broken item sequence ends the frames it holds
             msg = f"encapsulated Pixel Data is damaged after frame {got}: {type(exc).__name__}: {str(exc)[:200]}"
             for i in rows:
-                if sizes[i] is None and errors[i] is None:
+                if i not in pending and errors[i] is None:
                     errors[i] = msg
         for idx, i in wanted.items():
-            if sizes[i] is None and errors[i] is None:
+            if i not in pending and errors[i] is None:
                 errors[i] = f"frame {idx} is missing from the encapsulated Pixel Data (NumberOfFrames is {info.n_frames}; truncated file?)"
+
+    def _jpeg_frame(self, data: bytes, k: int):
+        try:
+            return decode_image(data, self.spec, max_pixels=self.max_pixels)
+        except DecodeError as exc:
+            raise DecodeError(f"frame {k}: {exc}") from None
 
     def _pydicom(self, path, info, entries, rows, images, sizes, errors) -> None:
         from pydicom.pixels import iter_pixels, pixel_array
