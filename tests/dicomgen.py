@@ -70,7 +70,7 @@ def _save(ds, path: str) -> str:
     return path
 
 
-def jpeg_volume(path: str, jpeg_paths: list[str], **kw) -> str:
+def jpeg_volume(path: str, jpeg_paths: list[str], *, has_bot: bool = True, fragments_per_frame: int = 1, **kw) -> str:
     """A JPEG-baseline volume whose frames are the very bytes of the given JPEG files."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
@@ -78,7 +78,7 @@ def jpeg_volume(path: str, jpeg_paths: list[str], **kw) -> str:
     frames = [open(p, "rb").read() for p in jpeg_paths]
     h, w = gray(jpeg_paths[0]).shape
     ds = _base(OCT_SOP, JPEGBaseline8Bit, rows=h, cols=w, n_frames=len(frames), **kw)
-    ds.PixelData = encapsulate(frames)
+    ds.PixelData = encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=has_bot)
     ds["PixelData"].VR = "OB"
     ds.LossyImageCompression = "01"
     return _save(ds, path)

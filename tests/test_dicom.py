@@ -80,6 +80,18 @@ def test_jpeg_baseline_frames_are_the_jpeg_files_bytes(tmp_path, scans, tiny_mod
         assert a["acquired_at"].isoformat() == "2024-03-15T10:30:00.250000"
 
 
+@pytest.mark.parametrize("has_bot,fragments", [(False, 1), (True, 2), (False, 2)])
+def test_jpeg_frames_found_with_or_without_offset_table_and_fragments(tmp_path, scans, tiny_model, has_bot, fragments):
+    root = tmp_path / "a"
+    g.jpeg_volume(str(root / "bot.dcm"), scans[:4])
+    g.jpeg_volume(str(root / "other.dcm"), scans[:4], has_bot=has_bot, fragments_per_frame=fragments)
+    assert invoke("run", root, "--out", tmp_path / "r.parquet", "--model", tiny_model, "-q").exit_code == 0
+    rows = _rows(tmp_path / "r.parquet")
+    for i in range(4):
+        assert rows[("other.dcm", i)]["status"] == "ok", rows[("other.dcm", i)]["error"]
+        assert np.array_equal(_probs(rows[("other.dcm", i)]), _probs(rows[("bot.dcm", i)]))
+
+
 TS = {
     "explicit": None, "implicit": None, "native16": None,
     "rle": "1.2.840.10008.1.2.5", "jpegls": "1.2.840.10008.1.2.4.80", "j2k": "1.2.840.10008.1.2.4.90",

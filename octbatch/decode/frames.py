@@ -1,15 +1,17 @@
 """Decoding the frames of volumes: DICOM (any supported transfer syntax) and multi-page TIFF.
 
-A batch may mix plain files (handed to the run's decoder as usual) and frames. Frames are grouped
-by file and each file's frames are cut into contiguous chunks, one per decode thread; each chunk
-opens the file, reads only its own frames and decodes them:
+A batch may mix plain files (handed to the run's decoder as usual) and frames:
 
-* JPEG baseline DICOM: the encapsulated frame bytes go straight to octbatch's JPEG decoder
-  (simplejpeg, DCT-scaled), as a .jpeg file's bytes would: same bytes, same pixels.
-* native (uncompressed) DICOM: the frame's bytes are read at their offset and reshaped here.
+* native (uncompressed) DICOM: each frame is one task that reads the frame's bytes at its offset
+  and reshapes them here.
+* JPEG baseline DICOM: the item sequence's headers are walked once per file (cached), then each
+  frame is one task that reads its fragment(s) and hands the bytes straight to octbatch's JPEG
+  decoder (simplejpeg, DCT-scaled), as a .jpeg file's bytes would be: same bytes, same pixels.
+  Several fragments per frame without an offset table fall back to pydicom's frame splitting.
 * every other transfer syntax: pydicom's pixel handlers (`pydicom.pixels.iter_pixels`, which reads
-  from the file frame by frame; plugins from the `dicom` extra).
-* TIFF pages: Pillow, page by page.
+  from the file frame by frame; plugins from the `dicom` extra), on contiguous chunks of a file's
+  frames, two chunks per decode thread.
+* TIFF pages: Pillow, page by page, in chunks likewise.
 
 Memory is one batch of frames, whatever the size of the volume. A frame that fails gets its own
 error; the other frames of the file are still decoded.
@@ -18,6 +20,7 @@ error; the other frames of the file are still decoded.
 from __future__ import annotations
 
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -79,6 +82,7 @@ class FrameDecoder:
         self.max_pixels = max_pixels
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-frames") if self.threads > 1 else None
+        self._locs: dict = {}  # (path, size, mtime) -> frame locations (see _locations)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -105,19 +109,36 @@ class FrameDecoder:
                 errors[i] = "no frame information for this file"
             else:
                 groups.setdefault(e.abspath, []).append(i)
-        # Phase 1, per file: JPEG-baseline and native files only read their frames' bytes (one task
-        # each); other syntaxes and TIFF decode in contiguous chunks (pydicom/Pillow open the file per chunk).
+        # Native and JPEG-baseline frames whose place in the file is known: one task per frame (read
+        # + decode, like a .jpeg file). Other syntaxes, TIFF, and item sequences that need pydicom's
+        # frame splitting: contiguous chunks first (pydicom/Pillow open the file once per chunk).
         tasks = []
+        pending: dict = {}  # row -> callable returning (image, (w, h)): one task per frame
         for rows in groups.values():
             rows.sort(key=lambda i: entries[i].index)
-            info = entries[rows[0]].info
+            e0 = entries[rows[0]]
+            info = e0.info
             if info.kind == "dicom" and _reads_bytes(info):
+                try:
+                    locs = self._locations(e0)
+                except DecodeError as exc:
+                    for i in rows:
+                        errors[i] = str(exc)
+                    continue
+                if locs is not None:
+                    for i in rows:
+                        k = entries[i].index
+                        if k < len(locs):
+                            pending[i] = lambda e=entries[i], loc=locs[k]: self._read_frame(e, loc)
+                        else:
+                            errors[i] = (f"frame {k} is missing from the encapsulated Pixel Data (NumberOfFrames is "
+                                         f"{info.n_frames}, the data holds {len(locs)}; truncated file?)")
+                    continue
                 tasks.append(rows)
                 continue
             k = min(2 * self.threads, len(rows))
             step = -(-len(rows) // k)
             tasks.extend(rows[j:j + step] for j in range(0, len(rows), step))
-        pending: dict = {}  # row -> callable returning (image, (w, h)): phase 2, one task per frame
 
         def run(rows: list[int]) -> None:
             try:
@@ -149,6 +170,99 @@ class FrameDecoder:
             per_file(work, order, errors, self._pool)
         return DecodedBatch(images, sizes, errors)
 
+    # -- frames whose bytes octbatch reads itself ------------------------------------------------
+    def _locations(self, e) -> list | None:
+        """Per frame, the (offset, length) fragments holding it; None when only pydicom's splitting
+        of the item sequence can tell (several fragments per frame without an offset table).
+        Cached per file version: the item headers of a volume are walked once per worker."""
+        info = e.info
+        key = (e.abspath, e.size, e.mtime_ns)
+        if key in self._locs:
+            return self._locs[key]
+        if not info.encapsulated:
+            nb = info.frame_bytes
+            locs = [[(info.pixel_offset + k * nb, nb)] for k in range(info.n_frames)]
+        elif info.extended_offsets is not None:
+            locs = None
+        else:
+            locs = self._walk_items(e)
+        if len(self._locs) > 256:
+            self._locs.clear()
+        self._locs[key] = locs
+        return locs
+
+    def _walk_items(self, e) -> list | None:
+        info = e.info
+        frags = []
+        with self._open(e) as f:
+            f.seek(info.pixel_offset)
+            bot = b""
+            first = True
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    break  # truncated: the fragments so far are all there is
+                group, elem, length = struct.unpack("<HHI", head)
+                if (group, elem) == (0xFFFE, 0xE0DD):
+                    break  # sequence delimiter
+                if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+                    if first:
+                        raise DecodeError("encapsulated Pixel Data does not start with an item (damaged file)")
+                    break
+                pos = f.tell()
+                if first:
+                    bot = f.read(length)
+                    first = False
+                else:
+                    if pos + length > e.size:
+                        break  # the last fragment is cut off
+                    frags.append((pos, length))
+                    if len(frags) > 4 * info.n_frames + 16:
+                        return None
+                f.seek(pos + length)
+        if bot:
+            starts = struct.unpack(f"<{len(bot) // 4}I", bot[: len(bot) // 4 * 4])
+            if len(starts) != info.n_frames or not frags:
+                return None
+            base = frags[0][0] - 8
+            index = {p - 8 - base: j for j, (p, _) in enumerate(frags)}
+            if any(st not in index for st in starts):
+                return None
+            bounds = [index[st] for st in starts] + [len(frags)]
+            return [frags[bounds[k]:bounds[k + 1]] for k in range(len(starts)) if bounds[k] < bounds[k + 1]]
+        if info.n_frames == 1:
+            return [frags] if frags else []
+        if len(frags) <= info.n_frames:
+            return [[fr] for fr in frags]  # one fragment per frame (the norm without an offset table)
+        return None
+
+    def _open(self, e):
+        try:
+            f = open(e.abspath, "rb")
+        except FileNotFoundError:
+            raise DecodeError("file disappeared after discovery (not found when read)") from None
+        except OSError as exc:
+            raise DecodeError(f"cannot open file: {exc.strerror or exc}") from None
+        st = os.fstat(f.fileno())
+        if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+            f.close()
+            raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
+        return f
+
+    def _read_frame(self, e, loc):
+        with self._open(e) as f:
+            parts = []
+            for pos, length in loc:
+                f.seek(pos)
+                b = f.read(length)
+                if len(b) < length:
+                    raise DecodeError(f"frame {e.index} is truncated ({len(b)} of {length} bytes)")
+                parts.append(b)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if e.info.encapsulated:
+            return self._jpeg_frame(data, e.index)
+        return self._native_frame(data, e.info)
+
     # -- one contiguous chunk of one file's frames --------------------------------------------
     def _chunk(self, entries, rows, images, sizes, errors, pending) -> None:
         e0 = entries[rows[0]]
@@ -165,27 +279,15 @@ class FrameDecoder:
             st = os.fstat(f.fileno())
             if st.st_size != e0.size or st.st_mtime_ns != e0.mtime_ns:
                 raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
-            if not _reads_bytes(info):
-                self._pydicom(e0.abspath, info, entries, rows, images, sizes, errors)
-            elif not info.encapsulated:
-                self._native(f, info, entries, rows, images, sizes, errors, pending)
-            else:
+            if _reads_bytes(info):  # JPEG baseline whose frames only pydicom's splitting can find
                 self._jpeg(f, info, entries, rows, images, sizes, errors, pending)
+            else:
+                self._pydicom(e0.abspath, info, entries, rows, images, sizes, errors)
 
     def _put(self, i, gray: np.ndarray, images, sizes) -> None:
         h, w = gray.shape
         images[i] = _crop_resize(gray, self.spec)
         sizes[i] = (w, h)
-
-    def _native(self, f, info, entries, rows, images, sizes, errors, pending) -> None:
-        nb = info.frame_bytes
-        for i in rows:
-            f.seek(info.pixel_offset + entries[i].index * nb)
-            buf = f.read(nb)
-            if len(buf) < nb:
-                errors[i] = f"frame {entries[i].index} is truncated ({len(buf)} of {nb} bytes)"
-            else:
-                pending[i] = lambda buf=buf: self._native_frame(buf, info)
 
     def _native_frame(self, buf: bytes, info):
         dtype = np.uint8 if info.bits_allocated == 8 else np.dtype("<i2" if info.pixel_representation else "<u2")
