@@ -84,10 +84,12 @@ def e2e(args):
 _DISC_CHILD = r"""
 import importlib.util, json, resource, sys, time
 mode, root = sys.argv[1], sys.argv[2]
+import octbatch.pipeline  # noqa: F401 - both sides pay the same imports before the clock starts
 t = time.perf_counter(); n = 0; keys = set()
 if mode == "before":
-    spec = importlib.util.spec_from_file_location("archive_before", sys.argv[3])
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    import octbatch  # noqa: F401 - the old module imports its siblings relatively
+    spec = importlib.util.spec_from_file_location("octbatch._archive_before", sys.argv[3])
+    m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)
     from octbatch.shards import entry_key
     for e in m.discover(root):
         keys.add(entry_key(e.path, e.size, e.mtime_ns // 1000)); n += 1

@@ -341,3 +341,15 @@ def test_volume_rule_is_documented_and_configurable(tmp_path, scans, tiny_model)
     assert r.exit_code == 1 and "CLASS=LEVEL" in r.output
     r = invoke("volumes", out, "--out", tmp_path / "v.parquet", "--min-frames", 2)
     assert r.exit_code == 0 and pq.read_table(tmp_path / "v.parquet").num_rows == 1
+
+
+def test_slices_and_merge_keep_frames_of_a_volume_together(tmp_path, scans, tiny_model):
+    root = tmp_path / "arch"
+    for k in range(4):
+        g.jpeg_volume(str(root / f"v{k}.dcm"), scans[k:k + 2])
+    out = tmp_path / "r.parquet"
+    for i in range(2):
+        assert invoke("run", root, "--out", out, "--model", tiny_model, "--shard", f"{i}/2", "-q").exit_code == 0
+    assert invoke("merge", out, "-q").exit_code == 0
+    keys = [(r["path"], r["frame"]) for r in pq.read_table(out).to_pylist()]
+    assert sorted(keys) == sorted((f"v{k}.dcm", f) for k in range(4) for f in range(2))
