@@ -77,6 +77,11 @@ def e2e(args):
             print(f"| {name} | {' / '.join(str(round(r['fps'])) for r in rs)} | {med:.0f} | {med / base:.2f} | "
                   f"{statistics.median(r['rss_mib'] for r in rs):.0f} |")
             assert all(r["errors"] == 0 and r["rows"] == len(scans) for r in rs)
+        # the machine's load drifts between rounds: the ratio within each round is the robust figure
+        for name, rs in res.items():
+            if name != "jpeg files":
+                paired = [r["fps"] / b["fps"] for r, b in zip(rs, res["jpeg files"])]
+                print(f"{name}: per-round ratios {' '.join(f'{x:.2f}' for x in paired)}, median {statistics.median(paired):.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -101,14 +101,26 @@ def _table_key(work_dir: str) -> bytes:
     except (FileNotFoundError, ValueError, UnicodeDecodeError):
         pass
     key = secrets.token_bytes(32)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, key.hex().encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        # Create-if-absent: slices (--shard i/N) starting at once must all end up with one key.
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path, "rb") as f:
+            text = f.read()
+        try:
+            key = bytes.fromhex(text.decode("ascii").strip())
+        except (ValueError, UnicodeDecodeError):
+            raise OctbatchError(f"the table's PHI key {path} is damaged",
+                                "Delete it (new pseudonyms: also pass --overwrite) or give --phi-key-file.") from None
+    finally:
+        os.unlink(tmp)
     return key
 
 

@@ -169,7 +169,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                          backend=backend, executor=cfg.executor, slice=cfg.shard)
     settings = model.settings_key
     state = {"settings": settings, "archive": archive, "include": list(cfg.include), "exclude": list(cfg.exclude), "limit": cfg.limit,
-             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels}
+             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels, "max_pixels": cfg.max_pixels}
     rule = _volume_rule(cfg, model) if cfg.volumes else None
 
     with RunLock(out, shared=sl is not None, slice_=sl):
@@ -494,7 +494,7 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         from .frames import DEFAULT_MAX_VOLUME_PIXELS
 
         mv = state.get("max_volume_pixels") or DEFAULT_MAX_VOLUME_PIXELS
-        cfg = RunConfig(archive=archive, out=out, max_volume_pixels=mv)
+        cfg = RunConfig(archive=archive, out=out, max_volume_pixels=mv, max_pixels=state.get("max_pixels") or 64_000_000)
         for e in _discover(archive, cfg, wd, lambda pid: None, include=state.get("include") or (), exclude=state.get("exclude") or (),
                            formats=state.get("formats") or ()):
             if state.get("limit") is not None and len(discovered) >= state["limit"]:
