@@ -353,3 +353,21 @@ def test_slices_and_merge_keep_frames_of_a_volume_together(tmp_path, scans, tiny
     assert invoke("merge", out, "-q").exit_code == 0
     keys = [(r["path"], r["frame"]) for r in pq.read_table(out).to_pylist()]
     assert sorted(keys) == sorted((f"v{k}.dcm", f) for k in range(4) for f in range(2))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_frame_rows(tmp_path, scans, tiny_model):
+    pytest.importorskip("ray")
+    root = tmp_path / "arch"
+    g.jpeg_volume(str(root / "a.dcm"), scans[:4])
+    g.native_volume(str(root / "b.dcm"), [g.gray(s) for s in scans[:3]])
+    shutil.copy(scans[5], root / "c.jpeg")
+    assert invoke("run", root, "--out", tmp_path / "l.parquet", "--model", tiny_model, "-q").exit_code == 0
+    res = invoke("run", root, "--out", tmp_path / "r.parquet", "--model", tiny_model, "--executor", "ray", "--workers", 1,
+                 "--shard-size", 3, "-q")
+    assert res.exit_code == 0, res.output
+    local, ray_rows = _rows(tmp_path / "l.parquet"), _rows(tmp_path / "r.parquet")
+    assert sorted(local) == sorted(ray_rows) and len(local) == 8
+    for k in local:
+        assert np.array_equal(_probs(local[k]), _probs(ray_rows[k])) and local[k]["patient_id"] != "PID-4711-SECRET"
