@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import OctbatchError
 
@@ -97,6 +97,7 @@ def discover(
     exclude: Sequence[str] = (),
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     skip_dirs: Sequence[str] = (),
+    sniff: Callable[[str, str], bool] | None = None,
 ) -> Iterator[FileEntry]:
     """Yield the image files under ``root`` in a deterministic order.
 
@@ -104,6 +105,8 @@ def discover(
     entered twice). Anything that is not a regular file (directories named x.jpeg, fifos, sockets,
     dangling links) is skipped. ``include``/``exclude`` are globs matched against the relative path
     and the file name. ``skip_dirs`` are absolute paths never entered (e.g. the output's work folder).
+    ``sniff(name, path)`` may admit files whose extension is not in ``extensions`` by their content
+    (DICOM files without an extension: octbatch.frames.discovery_filters); it is asked only about those.
     """
     root = os.path.abspath(os.fspath(root))
     try:
@@ -117,10 +120,10 @@ def discover(
     exts = tuple(e.lower() for e in extensions)
     skip = {os.path.abspath(d) for d in skip_dirs}
     seen_dirs = {(st.st_dev, st.st_ino)}
-    yield from _walk(root, "", exts, tuple(include), tuple(exclude), seen_dirs, skip)
+    yield from _walk(root, "", exts, tuple(include), tuple(exclude), seen_dirs, skip, sniff)
 
 
-def _walk(dirpath, rel_dir, exts, include, exclude, seen_dirs, skip) -> Iterator[FileEntry]:
+def _walk(dirpath, rel_dir, exts, include, exclude, seen_dirs, skip, sniff=None) -> Iterator[FileEntry]:
     try:
         with os.scandir(dirpath) as it:
             entries = sorted(it, key=lambda e: os.fsencode(e.name))
@@ -137,9 +140,9 @@ def _walk(dirpath, rel_dir, exts, include, exclude, seen_dirs, skip) -> Iterator
             if key in seen_dirs or e.path in skip:
                 continue
             seen_dirs.add(key)
-            yield from _walk(e.path, rel + "/", exts, include, exclude, seen_dirs, skip)
+            yield from _walk(e.path, rel + "/", exts, include, exclude, seen_dirs, skip, sniff)
         elif stat.S_ISREG(st.st_mode):
-            if not e.name.lower().endswith(exts):
+            if not e.name.lower().endswith(exts) and (sniff is None or not sniff(e.name, e.path)):
                 continue
             shown = display_path(rel)
             if include and not _matches(shown, include):

@@ -96,17 +96,34 @@ def _model_options(f):
 @click.option("--workers", type=int, envvar="OCTBATCH_WORKERS", help="Ray actors [default: one per GPU, else one per 2 CPUs].")
 @click.option("--gpus-per-worker", type=float, default=None, envvar="OCTBATCH_GPUS_PER_WORKER", help="GPUs per Ray actor [default: 1 when the cluster has GPUs].")
 @click.option("--max-shard-retries", type=int, default=2, envvar="OCTBATCH_MAX_SHARD_RETRIES")
+@click.option("--formats", multiple=True, envvar="OCTBATCH_FORMATS",
+              help="Look only at these formats: jpeg, png, tiff, dicom (comma-separated) [default: all].")
+@click.option("--phi", type=click.Choice(["pseudonymise", "keep"]), default="pseudonymise", envvar="OCTBATCH_PHI",
+              help="DICOM patient IDs: keyed HMAC-SHA256 pseudonyms, or keep the real IDs.")
+@click.option("--phi-key-file", type=click.Path(dir_okay=False), envvar="OCTBATCH_PHI_KEY_FILE",
+              help="Key for the pseudonyms [default: $OCTBATCH_PHI_KEY, else a random key per output table].")
+@click.option("--max-volume-pixels", type=int, default=4_000_000_000, help="Refuse volumes whose header claims more pixels (rows x columns x frames).")
+@click.option("--volumes", "volumes_out", type=click.Path(dir_okay=False), help="Also write the per-volume table (one row per DICOM series, TIFF stack or patient).")
+@click.option("--min-frames", type=int, default=1, help="Per-volume rule: frames a finding needs.")
+@click.option("--min-prob", type=float, default=0.0, help="Per-volume rule: confidence a frame needs to count.")
+@click.option("--referral", multiple=True, help="Per-volume rule: CLASS=urgent|routine|observation (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
         limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
-        gpus_per_worker, max_shard_retries, as_json, quiet, verbose, no_progress):
+        gpus_per_worker, max_shard_retries, formats, phi, phi_key_file, max_volume_pixels, volumes_out, min_frames, min_prob,
+        referral, as_json, quiet, verbose, no_progress):
     """Classify every scan under ARCHIVE into one Parquet table (--out).
 
     Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
-    new or changed files. Files that cannot be read still get a row (status=error).
+    new or changed files. Files that cannot be read still get a row (status=error). DICOM volumes
+    and multi-page TIFF stacks get one row per frame; DICOM patient IDs are pseudonymised.
+
+    \b
+    Example:
+      octbatch run /archive --out results.parquet --volumes volumes.parquet
     """
     from .config import RunConfig
     from .pipeline import run as run_pipeline
@@ -121,6 +138,8 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
         retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
         gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
         fault_hook=os.environ.get("OCTBATCH_FAULT"),
+        formats=_csv(formats), phi=phi, phi_key_file=phi_key_file, max_volume_pixels=max_volume_pixels, volumes=volumes_out,
+        volume_min_frames=min_frames, volume_min_prob=min_prob, referral=_csv(referral),
     )
     reporter = make_reporter(quiet=quiet, verbose=verbose, no_progress=no_progress)
     summary = run_pipeline(cfg, reporter)
@@ -138,11 +157,13 @@ def _print_summary(s) -> None:
         f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
     ]
     if s.discovered == 0:
-        lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff) found under {s.archive}; check the path and --include/--exclude")
+        lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff .dcm, DICOM) found under {s.archive}; check the path and --include/--exclude")
     if s.failed_files:
         lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
     if s.merged:
         lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
+    if getattr(s, "volumes", None) is not None:
+        lines.append(f"octbatch: wrote {s.volumes} volume row(s)")
     else:
         lines.append(f"octbatch: slice {s.slice} committed under {s.out}.parts; run octbatch merge {s.out} when all slices are done")
     click.echo("\n".join(lines), err=True)
@@ -274,7 +295,7 @@ def main() -> None:
 
 # Commands that live beside their subsystem. Each module imports only click at top level and
 # defines register(group); a module that is not part of this install is skipped.
-_SUBCOMMAND_MODULES = ("cli_engines", "cli_bench", "cli_gpu")
+_SUBCOMMAND_MODULES = ("cli_engines", "cli_bench", "cli_gpu", "cli_volumes")
 
 
 def _register_subcommands() -> None:

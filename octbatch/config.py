@@ -50,6 +50,15 @@ class RunConfig:
     gpus_per_worker: float = -1.0  # -1: one GPU per actor when the cluster has GPUs, else CPU actors
     max_shard_retries: int = 2
     fault_hook: str | None = None
+    # volumes (DICOM, multi-page TIFF): octbatch.frames, octbatch.phi, octbatch.volumes
+    formats: tuple[str, ...] = ()  # () = every format: jpeg, png, tiff, dicom
+    phi: str = "pseudonymise"  # pseudonymise | keep
+    phi_key_file: str | None = None
+    max_volume_pixels: int = 4_000_000_000
+    volumes: str | None = None  # also write the per-volume table here
+    volume_min_frames: int = 1
+    volume_min_prob: float = 0.0
+    referral: tuple[str, ...] = ()  # CLASS=urgent|routine|observation overrides
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:

@@ -23,8 +23,10 @@ from . import __version__
 from .archive import FileEntry, discover
 from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
+from .phi import resolve_pseudonymizer
 from .results import atomic_write_parquet, file_metadata, make_schema, read_metadata
-from .shards import RunLock, WorkDir, entry_key, in_slice, make_shards, parse_slice
+from .shards import RunLock, WorkDir, in_slice, make_shards, parse_slice
+from .frames import discovery_filters, entry_row_key, expand, row_key
 
 if TYPE_CHECKING:
     from .worker import WorkerConfig
@@ -84,6 +86,7 @@ class RunSummary:
     executor: str = "local"
     workers: dict = field(default_factory=dict)
     exit_code: int = 0
+    volumes: int | None = None  # rows written to --volumes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,14 +121,16 @@ def _check_paths(archive: str, out: str) -> None:
 def _keys_of(path: str, with_status: bool = True) -> Iterator[tuple[int, str]]:
     """(key, status) for every row of a results/part file, read column-wise in batches."""
     pf = pq.ParquetFile(path)
-    cols = ["path", "bytes", "mtime"] + (["status"] if with_status else [])
+    has_frame = "frame" in pf.schema_arrow.names  # tables of octbatch < frames have none
+    cols = ["path", "bytes", "mtime"] + (["status"] if with_status else []) + (["frame"] if has_frame else [])
     for batch in pf.iter_batches(batch_size=65536, columns=cols):
         paths = batch.column(0).to_pylist()
         sizes = batch.column(1).to_pylist()
         mtimes = batch.column(2).cast(pa.int64()).to_pylist()
         stats = batch.column(3).to_pylist() if with_status else [None] * len(paths)
-        for p, s, m, st in zip(paths, sizes, mtimes, stats):
-            yield entry_key(p, s, m), st
+        frames = batch.column("frame").to_pylist() if has_frame else [None] * len(paths)
+        for p, s, m, st, fr in zip(paths, sizes, mtimes, stats, frames):
+            yield row_key(p, fr, s, m), st
 
 
 def _resolve_runtime(cfg: RunConfig):
@@ -163,7 +168,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     summary = RunSummary(out=out, archive=archive, run_id=run_id, model=model.path, model_sha256=model.sha256,
                          backend=backend, executor=cfg.executor, slice=cfg.shard)
     settings = model.settings_key
-    state = {"settings": settings, "archive": archive, "include": list(cfg.include), "exclude": list(cfg.exclude), "limit": cfg.limit}
+    state = {"settings": settings, "archive": archive, "include": list(cfg.include), "exclude": list(cfg.exclude), "limit": cfg.limit,
+             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels, "max_pixels": cfg.max_pixels}
+    rule = _volume_rule(cfg, model) if cfg.volumes else None
 
     with RunLock(out, shared=sl is not None, slice_=sl):
         wd = WorkDir(out)
@@ -184,6 +191,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             _check_same({"settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")}, "archive": md.get("archive_root")},
                         state, out, what=out)
         wd.write_settings(state)
+        pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
+        if use_previous:
+            _check_phi(md, pseudo, out)
 
         # What is already committed: the previous result (if kept) and every part file.
         committed: set[int] = set()
@@ -198,19 +208,19 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         committed -= retry
 
         threads = cfg.threads or default_threads()
-        wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive)
+        wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=pseudo.metadata())
         summary.decoder = _decoder_name(cfg.decoder)
 
         discovered: set[int] = set()
         counts = {"discovered": 0, "skipped": 0}
 
         def entries() -> Iterator[FileEntry]:
-            it = discover(archive, include=cfg.include, exclude=cfg.exclude, skip_dirs=[wd.path])
+            it = _discover(archive, cfg, wd, pseudo)
             for e in it:
                 if cfg.limit is not None and counts["discovered"] >= cfg.limit:
                     break
                 counts["discovered"] += 1
-                key = entry_key(e.path, e.size, e.mtime_ns // 1000)
+                key = entry_row_key(e)
                 discovered.add(key)
                 if key in committed:
                     counts["skipped"] += 1
@@ -220,7 +230,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                 yield e
 
         rep.start("classifying")
-        _count_in_background(archive, cfg, wd, committed, sl, rep)
+        _count_in_background(archive, cfg, wd, committed, sl, rep, pseudo)
         progress = {"files": 0, "errors": 0}
 
         def on_progress(n, e):
@@ -260,9 +270,13 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         else:
             unchanged = summary.processed == 0 and not result.failures and not retry and counts["skipped"] == counts["discovered"]
             summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep,
-                                                                extra={"run_id": run_id}, unchanged=unchanged)
+                                                                extra={"run_id": run_id, "phi": pseudo.metadata()}, unchanged=unchanged)
             summary.merged = True
             wd.clear_slice_markers()  # any finished slices are in `out` now
+            if cfg.volumes:
+                from .volumes import write_volumes
+
+                summary.volumes = write_volumes(out, cfg.volumes, rule)
 
     summary.seconds = time.perf_counter() - t_start
     if summary.failed_files:
@@ -295,7 +309,7 @@ def _check_same(prev: dict, now: dict, out: str, *, what: str) -> None:
         )
 
 
-def _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive) -> WorkerConfig:
+def _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=None) -> WorkerConfig:
     from .worker import WorkerConfig
 
     return WorkerConfig(
@@ -312,7 +326,7 @@ def _worker_config(cfg, model, overrides, backend, engine_path, precision, threa
         infer_threads=threads,
         max_pixels=cfg.max_pixels,
         run_id=run_id,
-        file_metadata=file_metadata(model, archive_root=archive, version=__version__),
+        file_metadata=file_metadata(model, archive_root=archive, version=__version__, extra={"phi": phi} if phi else None),
         fault_hook=cfg.fault_hook,
     )
 
@@ -326,7 +340,37 @@ def _make_executor(cfg: RunConfig):
     return make_executor(cfg.executor, max_shard_retries=cfg.max_shard_retries)
 
 
-def _count_in_background(archive, cfg, wd, committed, sl, rep) -> None:
+def _discover(archive: str, cfg, wd: WorkDir, pseudo, *, include=None, exclude=None, formats=None, max_volume_pixels=None):
+    """The run's entries: files (octbatch.archive) with volumes expanded into frames (octbatch.frames)."""
+    exts, sniff = discovery_filters(cfg.formats if formats is None else formats)
+    files = discover(archive, include=cfg.include if include is None else include, exclude=cfg.exclude if exclude is None else exclude,
+                     skip_dirs=[wd.path], extensions=exts, sniff=sniff)
+    return expand(files, pseudonymize=pseudo, max_pixels=cfg.max_pixels,
+                  max_volume_pixels=cfg.max_volume_pixels if max_volume_pixels is None else max_volume_pixels)
+
+
+def _check_phi(md: dict, pseudo, out: str) -> None:
+    """Rows added to a table must pseudonymise patients as its existing rows do."""
+    prev = md.get("phi")
+    if not prev:
+        return
+    now = pseudo.metadata()
+    if (prev.get("patient_id", "").startswith("kept")) != (now.get("patient_id", "").startswith("kept")) or \
+            prev.get("key_fingerprint") != now.get("key_fingerprint"):
+        raise OctbatchError(
+            f"output {out} was written with other patient-ID settings (--phi / key fingerprint "
+            f"{prev.get('key_fingerprint')} vs {now.get('key_fingerprint')})",
+            "Use the same --phi and key as before, or --overwrite, or another --out.",
+        )
+
+
+def _volume_rule(cfg, model):
+    from .volumes import VolumeRule
+
+    return VolumeRule.from_options(model.classes, referral=cfg.referral, min_frames=cfg.volume_min_frames, min_prob=cfg.volume_min_prob)
+
+
+def _count_in_background(archive, cfg, wd, committed, sl, rep, pseudo=None) -> None:
     """Count the pending files on a side thread so progress can show a total and an ETA at once.
     Only when progress is shown: the count walks the archive a second time."""
     if not getattr(rep, "wants_total", False):
@@ -335,11 +379,11 @@ def _count_in_background(archive, cfg, wd, committed, sl, rep) -> None:
     def count():
         n = total = 0
         try:
-            for e in discover(archive, include=cfg.include, exclude=cfg.exclude, skip_dirs=[wd.path]):
+            for e in _discover(archive, cfg, wd, pseudo or (lambda pid: None)):
                 if cfg.limit is not None and total >= cfg.limit:
                     break
                 total += 1
-                if entry_key(e.path, e.size, e.mtime_ns // 1000) not in committed and in_slice(e.path, sl):
+                if entry_row_key(e) not in committed and in_slice(e.path, sl):
                     n += 1
             rep.set_total(n)
         except Exception:  # noqa: BLE001 - progress only
@@ -378,9 +422,9 @@ def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int],
     def filtered(path: str) -> Iterator[pa.Table]:
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=65536):
-            t = pa.Table.from_batches([batch])
-            keys = [entry_key(p, s, m) for p, s, m in zip(t.column("path").to_pylist(), t.column("bytes").to_pylist(),
-                                                         t.column("mtime").cast(pa.int64()).to_pylist())]
+            t = _conform(pa.Table.from_batches([batch]), schema)
+            keys = [row_key(p, fr, s, m) for p, fr, s, m in zip(t.column("path").to_pylist(), t.column("frame").to_pylist(),
+                                                                t.column("bytes").to_pylist(), t.column("mtime").cast(pa.int64()).to_pylist())]
             mask = []
             for k in keys:
                 keep = k in discovered and k not in seen
@@ -446,10 +490,16 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
             )
     with RunLock(out):
         discovered: set[int] = set()
-        for e in discover(archive, include=state.get("include") or (), exclude=state.get("exclude") or (), skip_dirs=[wd.path]):
+        from .config import RunConfig
+        from .frames import DEFAULT_MAX_VOLUME_PIXELS
+
+        mv = state.get("max_volume_pixels") or DEFAULT_MAX_VOLUME_PIXELS
+        cfg = RunConfig(archive=archive, out=out, max_volume_pixels=mv, max_pixels=state.get("max_pixels") or 64_000_000)
+        for e in _discover(archive, cfg, wd, lambda pid: None, include=state.get("include") or (), exclude=state.get("exclude") or (),
+                           formats=state.get("formats") or ()):
             if state.get("limit") is not None and len(discovered) >= state["limit"]:
                 break
-            discovered.add(entry_key(e.path, e.size, e.mtime_ns // 1000))
+            discovered.add(entry_row_key(e))
         have: set[int] = set()
         use_previous = os.path.exists(out)
         for src in ([out] if use_previous else []) + wd.parts():
@@ -464,12 +514,21 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         # The model is needed only for the schema: read it from the parts' own metadata.
         md = read_metadata((wd.parts() or [out])[0])
         model = _SchemaModel(md)
-        rows, dropped = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra={"merged_slices": len(done)})
+        extra = {"merged_slices": len(done), **({"phi": md["phi"]} if md.get("phi") else {})}
+        rows, dropped = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra=extra)
         wd.clear_slice_markers()
     s = RunSummary(out=out, archive=archive, run_id="merge", discovered=len(discovered), rows=rows, merged=True,
                    dropped_deleted=dropped, seconds=time.perf_counter() - t0, model_sha256=model.sha256)
     s.failed_files = gaps
     return s
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Add the columns a table of an older octbatch lacks (e.g. frame, DICOM provenance) as nulls."""
+    for f in schema:
+        if f.name not in t.column_names:
+            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+    return t
 
 
 class _SchemaModel:

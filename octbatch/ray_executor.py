@@ -70,6 +70,9 @@ def pack_shard(shard) -> tuple:
     # abspath is root + path except for names that are not valid UTF-8 (path shows them escaped).
     odd = {i: e.abspath for i, e in enumerate(entries) if e.abspath != root + e.path}
     cols = (paths, [e.size for e in entries], [e.mtime_ns for e in entries], odd)
+    frames = {i: e for i, e in enumerate(entries) if hasattr(e, "frame")}  # frames of volumes travel whole
+    if frames:
+        cols = (*cols, frames)
     return shard.id, root, zlib.compress(pickle.dumps(cols, protocol=5), 1)
 
 
@@ -78,8 +81,9 @@ def unpack_shard(packed: tuple):
     from .shards import Shard
 
     shard_id, root, blob = packed
-    paths, sizes, mtimes, odd = pickle.loads(zlib.decompress(blob))
-    entries = [FileEntry(p, odd.get(i) or root + p, sz, mt) for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))]
+    paths, sizes, mtimes, odd, *more = pickle.loads(zlib.decompress(blob))
+    frames = more[0] if more else {}
+    entries = [frames.get(i) or FileEntry(p, odd.get(i) or root + p, sz, mt) for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))]
     return Shard(shard_id, entries)
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import OctbatchError
+from .frames import PROVENANCE_FIELDS, provenance_values
 
 __all__ = [
     "make_schema",
@@ -57,6 +58,7 @@ def make_schema(classes: Sequence[str], metadata: dict | None = None) -> pa.Sche
         pa.field("decoder", pa.string()),
         pa.field("run_id", pa.string()),
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+        *PROVENANCE_FIELDS,  # frame + DICOM provenance (octbatch.frames)
     ]
     md = {META_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
     return pa.schema(fields, metadata=md)
@@ -70,6 +72,7 @@ class ShardRows:
         self.cols: dict[str, list] = {k: [] for k in (
             "path", "bytes", "mtime", "label", "patient_id", "image_no", "status", "error", "width", "height", "processed_at")}
         self.probs: list[np.ndarray] = []
+        self.provenance: list[tuple] = []
 
     def add(self, entries, probs: np.ndarray, sizes, errors, processed_at_us: int) -> None:
         c = self.cols
@@ -86,6 +89,7 @@ class ShardRows:
             c["width"].append(size[0] if size else None)
             c["height"].append(size[1] if size else None)
             c["processed_at"].append(processed_at_us)
+            self.provenance.append(provenance_values(e))
         self.probs.append(probs)
 
     def __len__(self) -> int:
@@ -130,6 +134,9 @@ def rows_to_table(rows: ShardRows, schema: pa.Schema, *, model_sha256: str, back
         "run_id": const(run_id),
         "processed_at": pa.array(rows.cols["processed_at"], pa.timestamp("us", tz="UTC")),
     })
+    prov = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
+    for f, values in zip(PROVENANCE_FIELDS, prov):
+        arrays[f.name] = pa.array(list(values), f.type)
     return pa.Table.from_pydict(arrays, schema=schema)
 
 

@@ -68,6 +68,7 @@ class ShardWorker:
         self.schema = make_schema(self.model.classes, cfg.file_metadata)
         self._input = np.empty((cfg.batch_size, self.spec.channels, self.spec.height, self.spec.width), np.float32)
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="octbatch-prefetch")
+        self._frames = None  # FrameDecoder, made when a batch first holds frames of a volume
         self._shards_done = 0
         self._ahead = None  # (shard id, future of its first decoded batch)
         self.name = f"{os.uname().nodename}:{os.getpid()}"
@@ -83,6 +84,12 @@ class ShardWorker:
             os._exit(137)
 
     def _submit(self, entries):
+        from .decode.frames import FrameDecoder, has_frames
+
+        if has_frames(entries):  # DICOM / multi-page TIFF frames: decoded on the CPU (octbatch.decode.frames)
+            if self._frames is None:
+                self._frames = FrameDecoder(self.spec, threads=self.cfg.decode_threads, max_pixels=self.cfg.max_pixels)
+            return self._prefetch.submit(self._frames.decode_entries, self.decoder, entries)
         decode = self.decoder.decode_batch_device if self._device_path else self.decoder.decode_batch
         return self._prefetch.submit(decode, [e.abspath for e in entries])
 
@@ -129,7 +136,7 @@ class ShardWorker:
                 fut = self._submit(batches[k + 1])
             else:
                 self.prefetch(next_shard)
-            if self._device_path:
+            if self._device_path and hasattr(decoded, "device_rows"):
                 probs, errors = infer_device_batch(self.runner, decoded, self.spec, self._input, len(self.model.classes))
             else:
                 ok = decoded.ok
@@ -164,6 +171,8 @@ class ShardWorker:
     def close(self) -> None:
         self._drop_ahead()
         self._prefetch.shutdown(wait=True)
+        if self._frames is not None:
+            self._frames.close()
         self.decoder.close()
         self.runner.close()
 
