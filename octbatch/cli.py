@@ -141,6 +141,9 @@ def _print_summary(s) -> None:
         lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff) found under {s.archive}; check the path and --include/--exclude")
     if s.failed_files:
         lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
+    if s.redone_shards:
+        shown = ", ".join(s.redone_shards[:5]) + (f" and {len(s.redone_shards) - 5} more" if len(s.redone_shards) > 5 else "")
+        lines.append(f"octbatch: {len(s.redone_shards)} shard(s) redone after a worker died or a try failed: {shown}")
     if s.merged:
         lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
     else:

@@ -83,6 +83,8 @@ class RunSummary:
     model_sha256: str = ""
     executor: str = "local"
     workers: dict = field(default_factory=dict)
+    worker_nodes: dict = field(default_factory=dict)  # worker -> Ray node id (--executor ray)
+    redone_shards: list = field(default_factory=list)  # shards given again after a worker died or a try failed
     exit_code: int = 0
 
     def to_dict(self) -> dict:
@@ -239,6 +241,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         summary.ok = sum(s.ok for s in result.summaries)
         summary.errors = sum(s.errors for s in result.summaries)
         summary.workers = result.workers
+        summary.worker_nodes = result.nodes
+        summary.redone_shards = result.redone
         summary.startup_seconds = result.startup_seconds
         summary.precision = precision or model.precision
         summary.files_per_second = summary.processed / proc_seconds if proc_seconds > 0 and summary.processed else 0.0
