@@ -104,7 +104,13 @@ def discover(
     entered twice). Anything that is not a regular file (directories named x.jpeg, fifos, sockets,
     dangling links) is skipped. ``include``/``exclude`` are globs matched against the relative path
     and the file name. ``skip_dirs`` are absolute paths never entered (e.g. the output's work folder).
+    An ``s3://bucket/prefix`` root lists the objects under the prefix instead (octbatch/objstore.py).
     """
+    if isinstance(root, str) and root.startswith("s3://"):
+        from .objstore import discover_objects
+
+        yield from discover_objects(root, include=include, exclude=exclude, extensions=extensions)
+        return
     root = os.path.abspath(os.fspath(root))
     try:
         st = os.stat(root)

@@ -73,7 +73,7 @@ def _model_options(f):
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("archive", type=click.Path(file_okay=False, path_type=str))
+@click.argument("archive", type=str)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), envvar="OCTBATCH_OUT", help="Output Parquet file.")
 @_model_options
 @click.option("--engine", type=click.Path(dir_okay=False), envvar="OCTBATCH_ENGINE", help="A built engine (octbatch build-engine); its fingerprint is checked first.")
@@ -96,17 +96,20 @@ def _model_options(f):
 @click.option("--workers", type=int, envvar="OCTBATCH_WORKERS", help="Ray actors [default: one per GPU, else one per 2 CPUs].")
 @click.option("--gpus-per-worker", type=float, default=None, envvar="OCTBATCH_GPUS_PER_WORKER", help="GPUs per Ray actor [default: 1 when the cluster has GPUs].")
 @click.option("--max-shard-retries", type=int, default=2, envvar="OCTBATCH_MAX_SHARD_RETRIES")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="For an s3:// ARCHIVE: an S3 setting beyond the AWS_* variables (repeatable), e.g. virtual_hosted_style_request=false.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
         limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
-        gpus_per_worker, max_shard_retries, as_json, quiet, verbose, no_progress):
+        gpus_per_worker, max_shard_retries, storage_options, as_json, quiet, verbose, no_progress):
     """Classify every scan under ARCHIVE into one Parquet table (--out).
 
     Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
     new or changed files. Files that cannot be read still get a row (status=error).
+    ARCHIVE may be s3://BUCKET/PREFIX (pip install 'octbatch[s3]'; AWS_* variables as usual).
     """
     from .config import RunConfig
     from .pipeline import run as run_pipeline
@@ -120,7 +123,7 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
         limit=limit, include=_csv(include), exclude=_csv(exclude), overwrite=overwrite, shard=shard, shard_size=shard_size,
         retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
         gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
-        fault_hook=os.environ.get("OCTBATCH_FAULT"),
+        fault_hook=os.environ.get("OCTBATCH_FAULT"), storage_options=tuple(storage_options),
     )
     reporter = make_reporter(quiet=quiet, verbose=verbose, no_progress=no_progress)
     summary = run_pipeline(cfg, reporter)

@@ -50,6 +50,7 @@ class RunConfig:
     gpus_per_worker: float = -1.0  # -1: one GPU per actor when the cluster has GPUs, else CPU actors
     max_shard_retries: int = 2
     fault_hook: str | None = None
+    storage_options: tuple[str, ...] = ()  # key=value for s3:// archives (octbatch/objstore.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, Protocol
 
 import pyarrow as pa
@@ -23,6 +23,8 @@ from . import __version__
 from .archive import FileEntry, discover
 from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
+from .objstore import configure as configure_storage
+from .objstore import is_url, parse_options
 from .results import atomic_write_parquet, file_metadata, make_schema, read_metadata
 from .shards import RunLock, WorkDir, entry_key, in_slice, make_shards, parse_slice
 
@@ -93,6 +95,9 @@ class RunSummary:
 
 # ---------------------------------------------------------------------------------------------
 def _check_paths(archive: str, out: str) -> None:
+    if is_url(archive):
+        _check_out(out)  # the archive is checked by listing it
+        return
     if not os.path.exists(archive):
         raise OctbatchError(f"archive {archive} does not exist", "Check the path you gave to octbatch run.")
     if not os.path.isdir(archive):
@@ -108,6 +113,12 @@ def _check_paths(archive: str, out: str) -> None:
             f"output {out} is inside the archive {archive}",
             "Write results outside the archive (a later run would otherwise scan its own work files).",
         )
+    _check_out(out)
+
+
+def _check_out(out: str) -> None:
+    if os.path.isdir(out):
+        raise OctbatchError(f"output {out} is a directory", "Give a file name, e.g. --out results.parquet.")
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -156,8 +167,10 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     """Classify every scan of cfg.archive into cfg.out. See the module docstring for the guarantees."""
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
-    archive = os.path.abspath(cfg.archive)
+    archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
     out = os.path.abspath(cfg.out)
+    storage_options = parse_options(cfg.storage_options)
+    configure_storage(storage_options)
     _check_paths(archive, out)
     sl = parse_slice(cfg.shard)
     model, overrides, backend, engine_path, precision = _resolve_runtime(cfg)
@@ -201,6 +214,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         threads = cfg.threads or default_threads()
         wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive)
+        if storage_options:
+            wcfg = replace(wcfg, storage_options=storage_options)
         summary.decoder = _decoder_name(cfg.decoder)
 
         discovered: set[int] = set()
@@ -434,7 +449,8 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
     state = wd.read_settings()
     if state is None:
         raise OctbatchError(f"no octbatch work folder at {wd.path}", "Run octbatch run ... --out OUT --shard i/N first (same --out).")
-    archive = os.path.abspath(archive or state.get("archive") or "")
+    archive = archive or state.get("archive") or ""
+    archive = archive.rstrip("/") if is_url(archive) else os.path.abspath(archive)
     done = wd.slices_done()
     ns = {n for (_, n) in done}
     if len(ns) > 1:
