@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test,dali,cluster,bench]' '$(TORCH)'
+	$(PIP) install -q -e '.[test,dali,cluster,bench,s3]' '$(TORCH)'
 	touch $@
 
 install: $(VENV)/.installed

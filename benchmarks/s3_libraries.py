@@ -26,17 +26,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from s3_server import ACCESS_KEY, SECRET_KEY, moto_server  # noqa: E402
+from s3_server import moto_server  # noqa: E402
 
 BUCKET = "bench"
 
 
-def clients(endpoint: str):
+def clients(srv):
     import obstore
     import pyarrow.fs as pafs
     import s3fs
     from obstore.store import S3Store
 
+    endpoint, ACCESS_KEY, SECRET_KEY = srv.endpoint, srv.access_key, srv.secret_key
     ob = S3Store(BUCKET, endpoint=endpoint, region="us-east-1", access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
                  client_options={"allow_http": True})
     pa = pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=endpoint, region="us-east-1",
@@ -102,11 +103,9 @@ def main() -> None:
     import pyarrow
     import s3fs
 
-    with moto_server() as endpoint:
-        import urllib.request
-
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")).read()
-        ob, libs = clients(endpoint)
+    with moto_server() as srv:
+        srv.client().create_bucket(Bucket=BUCKET)
+        ob, libs = clients(srv)
         t = time.perf_counter()
         upload(ob, [(f"list/d{i % 100:02d}/k{i:07d}.jpeg", b"x") for i in range(a.keys)])
         blobs = scans(a.reads)

@@ -25,6 +25,7 @@ and is the only one of the three whose listing streams (constant memory); benchm
 from __future__ import annotations
 
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
@@ -116,12 +117,12 @@ def _store(bucket: str):
 
 
 def _brief(exc: BaseException) -> str:
-    """One line of an obstore error, without anything that could hold a secret."""
+    """One line of an obstore error: the HTTP status and S3's error code when it has them."""
     text = " ".join(str(exc).split())
-    for marker in ("Error performing", "Client error", "Generic S3 error:"):
-        i = text.find(marker)
-        if i > 0:
-            text = text[i:]
+    status = re.search(r"status code: (\d{3}[^:<]*)", text)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    if status or code:
+        return ", ".join(x.group(1).strip() for x in (status, code) if x)
     return text[:300] or type(exc).__name__
 
 

@@ -168,6 +168,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
+    if is_url(cfg.out) or "://" in cfg.out:
+        raise OctbatchError(f"--out {cfg.out}: results on object storage are not supported yet (s3:// archives are)",
+                            "Give --out a local or shared-file-system path, then copy the table up, e.g. aws s3 cp OUT s3://...")
     out = os.path.abspath(cfg.out)
     storage_options = parse_options(cfg.storage_options)
     configure_storage(storage_options)
