@@ -130,7 +130,7 @@ def _listing_error(url: str, exc: BaseException) -> OctbatchError:
     import obstore.exceptions as oe
 
     text = str(exc)
-    if "NoSuchBucket" in text or (isinstance(exc, oe.NotFoundError) and "bucket" in text.lower()):
+    if "NoSuchBucket" in text or (isinstance(exc, (oe.NotFoundError, FileNotFoundError)) and "bucket" in text.lower()):
         return OctbatchError(f"bucket of {url} does not exist", "Check the bucket name, AWS_ENDPOINT_URL and AWS_REGION.")
     if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or any(
             s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden", "ExpiredToken")):
@@ -190,7 +190,7 @@ def read_object(url: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
     if isinstance(got, BaseException):
         import obstore.exceptions as oe
 
-        if isinstance(got, oe.NotFoundError):
+        if isinstance(got, (oe.NotFoundError, FileNotFoundError)):
             raise DecodeError("object disappeared after discovery (not found when read)") from None
         if isinstance(got, OctbatchError):
             raise DecodeError(f"cannot read object: {got.what}") from None

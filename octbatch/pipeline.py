@@ -168,14 +168,22 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
-    if is_url(cfg.out) or "://" in cfg.out:
-        raise OctbatchError(f"--out {cfg.out}: results on object storage are not supported yet (s3:// archives are)",
-                            "Give --out a local or shared-file-system path, then copy the table up, e.g. aws s3 cp OUT s3://...")
-    out = os.path.abspath(cfg.out)
     storage_options = parse_options(cfg.storage_options)
     configure_storage(storage_options)
-    _check_paths(archive, out)
     sl = parse_slice(cfg.shard)
+    remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
+    if is_url(cfg.out):
+        if sl is not None:
+            raise OctbatchError("--shard with an s3:// --out is not supported yet", "Run the slices with a shared-file-system --out, or run once without --shard.")
+        from .objstore_out import RemoteOut
+
+        remote = RemoteOut(cfg.out)
+        out = remote.stage(cfg.overwrite)
+    elif "://" in cfg.out:
+        raise OctbatchError(f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path.")
+    else:
+        out = os.path.abspath(cfg.out)
+    _check_paths(archive, out)
     model, overrides, backend, engine_path, precision = _resolve_runtime(cfg)
     run_id = uuid.uuid4().hex[:16]
     summary = RunSummary(out=out, archive=archive, run_id=run_id, model=model.path, model_sha256=model.sha256,
@@ -202,6 +210,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             _check_same({"settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")}, "archive": md.get("archive_root")},
                         state, out, what=out)
         wd.write_settings(state)
+        if remote:
+            remote.save_settings()
 
         # What is already committed: the previous result (if kept) and every part file.
         committed: set[int] = set()
@@ -250,7 +260,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         t_proc = time.perf_counter()
         executor = _make_executor(cfg)
-        result = executor.run(make_shards(entries(), cfg.shard_size), wcfg, wd.path, on_progress=on_progress)
+        result = executor.run(make_shards(entries(), cfg.shard_size), wcfg, remote.parts_url if remote else wd.path, on_progress=on_progress)
+        if remote:
+            remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
         rep.finish()
         proc_seconds = time.perf_counter() - t_proc
         summary.discovered = counts["discovered"]
@@ -285,6 +297,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                                                                 extra={"run_id": run_id}, unchanged=unchanged)
             summary.merged = True
             wd.clear_slice_markers()  # any finished slices are in `out` now
+            if remote:
+                remote.publish()
+                summary.out = remote.url
 
     summary.seconds = time.perf_counter() - t_start
     if summary.failed_files:

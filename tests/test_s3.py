@@ -206,14 +206,64 @@ def test_storage_options_reach_the_store(s3, bucket, tiny_model, tmp_path):
     assert code == 1 and "Error: --storage-option 'endpoint' is not key=value" in err
 
 
-def test_out_on_object_storage_is_refused_with_a_way_out(tiny_model, tmp_path):
-    """Writing the table to s3:// is not built yet: say so instead of making a folder named 's3:'."""
-    from click.testing import CliRunner
 
-    from octbatch.cli import cli
+def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
-    (tmp_path / "a").mkdir()
-    res = CliRunner().invoke(cli, ["run", str(tmp_path / "a"), "--out", "s3://bucket/results/run.parquet", "--model", tiny_model])
-    assert res.exit_code == 1
-    assert "Error: --out s3://bucket/results/run.parquet: results on object storage are not supported yet" in res.stderr
-    assert not (Path.cwd() / "s3:").exists()
+
+def table_in_bucket(s3, bucket: str, key: str) -> dict:
+    import io
+
+    data = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return rows_by_path(io.BytesIO(data))
+
+
+def test_s3_in_and_out_kill_resume_incremental_exactly_once(s3, bucket, local_archive, local_rows, tiny_model):
+    """No rename on S3: parts under unique names, a commit object written last; the table in one PUT."""
+    out = "s3://scans/results/run.parquet"
+    args = OCTBATCH + ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3))
+    deadline = time.time() + 240
+    commits = []
+    while time.time() < deadline and proc.poll() is None:
+        commits = [k for k in bucket_keys(s3, "scans", "results/") if "/commit-" in k]
+        if len(commits) >= 3:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    keys = bucket_keys(s3, "scans", "results/")
+    assert "results/run.parquet" not in keys  # a reader sees no table until the whole one is put
+    # A dead attempt that wrote its part but never committed it: must be ignored, then removed.
+    s3.client().put_object(Bucket="scans", Key="results/run.parquet.parts/part-0123456789abcdef0123-deadbeef0000.parquet", Body=b"not parquet")
+
+    n = len(objects_of(local_archive))
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 3, err
+    assert summary["out"] == out and summary["rows"] == n and summary["skipped"] >= len(commits) * SHARD
+    assert summary["skipped"] + summary["processed"] == n
+    # Only the table and the settings are left; every part and commit was merged and removed.
+    assert bucket_keys(s3, "scans", "results/") == ["results/run.parquet", "results/run.parquet.parts/run.json"]
+    assert_same_rows(table_in_bucket(s3, "scans", "results/run.parquet"), local_rows)
+
+    # Incremental: 5 new objects -> exactly those are classified, the table grows by 5.
+    body = next(p for p in objects_of(local_archive).values() if p.suffix == ".jpeg" and p.stat().st_size > 5000).read_bytes()
+    for i in range(5):
+        s3.client().put_object(Bucket="scans", Key=f"oct/LATE/DME-{7000 + i}-1.jpeg", Body=body)
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 0 and summary["processed"] == 5 and summary["rows"] == n + 5, err
+    rows = table_in_bucket(s3, "scans", "results/run.parquet")
+    assert len(rows) == n + 5 and rows["LATE/DME-7000-1.jpeg"]["label"] == "DME"
+    for i in range(5):
+        s3.client().delete_object(Bucket="scans", Key=f"oct/LATE/DME-{7000 + i}-1.jpeg")
+
+
+def test_local_archive_to_s3_out(s3, bucket, local_archive, local_rows, tiny_model):
+    code, summary, err = octbatch(["run", local_archive, "--out", "s3://scans/results/from-disk.parquet", "--model", tiny_model,
+                                   "--json", "-q"], env_for(s3))
+    assert code == 3, err
+    assert summary["rows"] == len(local_rows)
+    assert_same_rows(table_in_bucket(s3, "scans", "results/from-disk.parquet"), local_rows)
+    code, _, err = octbatch(["run", local_archive, "--out", "s3://no-such-bucket/r.parquet", "--model", tiny_model], env_for(s3))
+    assert code == 1 and err.startswith("Error: ") and "Traceback" not in err, err
