@@ -63,10 +63,25 @@ def local_table(archive, tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Head (1 CPU) + one more node (1 CPU), token authentication on; torn down after the module."""
+def s3():
+    """A loopback S3 server when moto and obstore are installed (else None: the S3 test skips)."""
+    if not (is_available("obstore") and is_available("moto") and is_available("boto3")):
+        yield None
+        return
+    from s3_server import moto_server
+
+    with moto_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3):
+    """Head (1 CPU) + one more node (1 CPU), token authentication on; torn down after the module.
+    The nodes get the S3 server's AWS_* variables, as cluster nodes get credentials of their own."""
     home = tmp_path_factory.mktemp("mn-home")  # no ~/.ray/auth_token of the real user leaks in
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))} | {"HOME": str(home)}
+    if s3 is not None:
+        env |= s3.env()
     proc = subprocess.Popen([sys.executable, str(HERE / "ray_cluster.py"), "--cpus", "1", "--cpus", "1", "--token", TOKEN],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
@@ -216,6 +231,30 @@ def test_driver_without_the_clusters_token_is_refused(archive, tiny_model, clust
     assert p.returncode == 1
     assert f"Error: cannot join the Ray cluster at {cluster['address']}" in p.stderr
     assert "RAY_AUTH_MODE=token" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_archive_and_results_on_s3_through_both_nodes(archive, n_files, tiny_model, local_table, cluster, s3, tmp_path):
+    """The KubeRay-from-S3 shape: actors on two nodes read the objects and commit their parts to the bucket."""
+    if s3 is None:
+        pytest.skip("needs obstore, moto[server] and boto3")
+    import io
+
+    c = s3.client()
+    c.create_bucket(Bucket="mn-bucket")
+    for p in sorted(archive.rglob("*")):
+        if p.is_file():
+            c.put_object(Bucket="mn-bucket", Key=f"scans/{p.relative_to(archive)}", Body=p.read_bytes())
+    env = driver_env(cluster) | s3.env()
+    args = OCTBATCH + ["run", "s3://mn-bucket/scans", "--out", "s3://mn-bucket/results/run.parquet", "--model", tiny_model,
+                       "--ray-address", cluster["address"], "--shard-size", str(SHARD), "--json", "-q"]
+    code, summary, stderr = finish(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    assert code == 3, stderr
+    assert summary["rows"] == n_files
+    assert set(summary["worker_nodes"].values()) == {n["node_id"] for n in cluster["nodes"]}
+    rows = rows_by_path(io.BytesIO(c.get_object(Bucket="mn-bucket", Key="results/run.parquet")["Body"].read()))
+    assert_same_table(rows, local_table)
+    left = sorted(o["Key"] for o in c.list_objects_v2(Bucket="mn-bucket", Prefix="results/")["Contents"])
+    assert left == ["results/run.parquet", "results/run.parquet.parts/run.json"]
 
 
 def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(archive, n_files, tiny_model, local_table, cluster, tmp_path):
