@@ -69,8 +69,36 @@ def bench_s3(a, tmp: Path) -> dict:
                 s = run([archive, "--out", str(tmp / f"{name}.parquet")], env)
                 assert s["rows"] == len(files), s
                 res[name].append(s["files_per_second"])
+        listing = list_memory(srv, a.keys)
     med = {k: statistics.median(v) for k, v in res.items()}
-    return {"scans": len(files), "files_per_s": med, "raw": res, "s3_over_local": med["s3"] / med["local"]}
+    return {"scans": len(files), "files_per_s": med, "raw": res, "s3_over_local": med["s3"] / med["local"], "listing": listing}
+
+
+def list_memory(srv, sizes: list[int]) -> list[dict]:
+    """octbatch's own discovery of N keys: time and peak Python heap, for growing N (flat = streaming)."""
+    import tracemalloc
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from octbatch.archive import discover
+
+    c = srv.client()
+    done = 0
+    out = []
+    os.environ.update(srv.env())
+    for n in sorted(sizes):
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: c.put_object(Bucket="bench", Key=f"many/CNV/CNV-{i}-1.jpeg", Body=b"x"), range(done, n)))
+        done = n
+        tracemalloc.start()
+        t = time.perf_counter()
+        seen = sum(1 for _ in discover("s3://bench/many"))
+        dt = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        assert seen == n
+        out.append({"keys": n, "seconds": dt, "keys_per_s": n / dt, "peak_python_heap_mib": peak})
+    return out
 
 
 def start_cluster(cpus: list[int]):
@@ -117,6 +145,7 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="[default: the shipped model]")
+    ap.add_argument("--keys", type=int, nargs="*", default=[2000, 10000], help="s3: key counts for the listing-memory check")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         res = bench_s3(a, Path(tmp)) if a.what == "s3" else bench_nodes(a, Path(tmp))
