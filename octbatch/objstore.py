@@ -169,7 +169,7 @@ def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=la
         raise _listing_error(url, exc) from None
 
 
-def _get(url: str, max_bytes: int) -> bytes:
+def _get(url: str) -> bytes:
     import obstore
 
     bucket, _, key = url[len("s3://"):].partition("/")
@@ -184,7 +184,7 @@ def read_object(url: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
         got = _fetched.pop(url, None)
     if got is None:
         try:
-            got = _get(url, max_bytes)
+            got = _get(url)
         except Exception as exc:  # noqa: BLE001
             got = exc
     if isinstance(got, BaseException):
@@ -213,7 +213,7 @@ def fetch_then(fn: Callable, urls: list[str]):
 
     def one(url: str) -> None:
         try:
-            data: bytes | BaseException = _get(url, 0)
+            data: bytes | BaseException = _get(url)
         except Exception as exc:  # noqa: BLE001 - becomes the file's error row in read_object
             data = exc
         with _lock:

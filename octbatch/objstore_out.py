@@ -18,8 +18,9 @@ The driver stages the run in a local folder (the previous table, run.json and th
 are fetched there) so that the same resume/incremental/merge code as on disk runs unchanged; only
 the actors' parts go straight to the bucket. After the merge the table is put, then the merged
 commits are deleted (commit first, then its part: a part never loses its commit while trusted).
-Two runs on the same s3:// --out are not kept apart by a lock (there is no flock on a bucket): the
-commit protocol still gives each shard one committed part, but do not schedule them to overlap.
+Two runs on the same s3:// --out from one machine are kept apart by the flock on the local stage;
+from different machines nothing keeps them apart (there is no flock on a bucket): the commit
+protocol still gives each shard one committed part, but do not schedule them to overlap.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class RemoteOut:
         import obstore
         import obstore.exceptions as oe
 
-        os.makedirs(self.stage_dir + "/" + os.path.basename(self.local_out) + ".parts", exist_ok=True)
         parts_dir = self.local_out + ".parts"
+        os.makedirs(parts_dir, exist_ok=True)
         for name in os.listdir(parts_dir):
             os.unlink(os.path.join(parts_dir, name))  # the bucket is the truth, not a previous stage
         if os.path.exists(self.local_out):
