@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test,dali,cluster,bench,report,dicom]' '$(TORCH)'
+	$(PIP) install -q -e '.[test,dali,cluster,bench,report,dicom,s3]' '$(TORCH)'
 	touch $@
 
 # The HTML report's extra (matplotlib, jinja2), for `make demo`.

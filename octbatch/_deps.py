@@ -25,6 +25,7 @@ _HINTS: dict[str, tuple[str, str, str]] = {
     ),
     "nvidia.dali": ("dali", "pip install 'octbatch[dali]'", ""),
     "ray": ("cluster", "pip install 'octbatch[cluster]'", ""),
+    "obstore": ("s3", "pip install 'octbatch[s3]'", ""),
     "torch": ("train", "pip install 'octbatch[train]'  (CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)", ""),
     "onnx": ("train", "pip install onnx", ""),
     "cuda": ("tensorrt", "pip install cuda-python", ""),

@@ -107,7 +107,13 @@ def discover(
     and the file name. ``skip_dirs`` are absolute paths never entered (e.g. the output's work folder).
     ``sniff(name, path)`` may admit files whose extension is not in ``extensions`` by their content
     (DICOM files without an extension: octbatch.frames.discovery_filters); it is asked only about those.
+    An ``s3://bucket/prefix`` root lists the objects under the prefix instead (octbatch/objstore.py).
     """
+    if isinstance(root, str) and root.startswith("s3://"):
+        from .objstore import discover_objects
+
+        yield from discover_objects(root, include=include, exclude=exclude, extensions=extensions)
+        return
     root = os.path.abspath(os.fspath(root))
     try:
         st = os.stat(root)

@@ -73,7 +73,7 @@ def _model_options(f):
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("archive", type=click.Path(file_okay=False, path_type=str))
+@click.argument("archive", type=str)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), envvar="OCTBATCH_OUT", help="Output Parquet file.")
 @_model_options
 @click.option("--engine", type=click.Path(dir_okay=False), envvar="OCTBATCH_ENGINE", help="A built engine (octbatch build-engine); its fingerprint is checked first.")
@@ -107,6 +107,8 @@ def _model_options(f):
 @click.option("--min-frames", type=int, default=1, help="Per-volume rule: frames a finding needs.")
 @click.option("--min-prob", type=float, default=0.0, help="Per-volume rule: confidence a frame needs to count.")
 @click.option("--referral", multiple=True, help="Per-volume rule: CLASS=urgent|routine|observation (repeatable).")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="For an s3:// ARCHIVE: an S3 setting beyond the AWS_* variables (repeatable), e.g. virtual_hosted_style_request=false.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
@@ -114,12 +116,13 @@ def _model_options(f):
 def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
         limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
         gpus_per_worker, max_shard_retries, formats, phi, phi_key_file, max_volume_pixels, volumes_out, min_frames, min_prob,
-        referral, as_json, quiet, verbose, no_progress):
+        referral, storage_options, as_json, quiet, verbose, no_progress):
     """Classify every scan under ARCHIVE into one Parquet table (--out).
 
     Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
     new or changed files. Files that cannot be read still get a row (status=error). DICOM volumes
     and multi-page TIFF stacks get one row per frame; DICOM patient IDs are pseudonymised.
+    ARCHIVE may be s3://BUCKET/PREFIX (pip install 'octbatch[s3]'; AWS_* variables as usual).
 
     \b
     Example:
@@ -137,7 +140,7 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
         limit=limit, include=_csv(include), exclude=_csv(exclude), overwrite=overwrite, shard=shard, shard_size=shard_size,
         retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
         gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
-        fault_hook=os.environ.get("OCTBATCH_FAULT"),
+        fault_hook=os.environ.get("OCTBATCH_FAULT"), storage_options=tuple(storage_options),
         formats=_csv(formats), phi=phi, phi_key_file=phi_key_file, max_volume_pixels=max_volume_pixels, volumes=volumes_out,
         volume_min_frames=min_frames, volume_min_prob=min_prob, referral=_csv(referral),
     )
@@ -160,6 +163,9 @@ def _print_summary(s) -> None:
         lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff .dcm, DICOM) found under {s.archive}; check the path and --include/--exclude")
     if s.failed_files:
         lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
+    if s.redone_shards:
+        shown = ", ".join(s.redone_shards[:5]) + (f" and {len(s.redone_shards) - 5} more" if len(s.redone_shards) > 5 else "")
+        lines.append(f"octbatch: {len(s.redone_shards)} shard(s) redone after a worker died or a try failed: {shown}")
     if s.merged:
         lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
     if getattr(s, "volumes", None) is not None:

@@ -59,6 +59,7 @@ class RunConfig:
     volume_min_frames: int = 1
     volume_min_prob: float = 0.0
     referral: tuple[str, ...] = ()  # CLASS=urgent|routine|observation overrides
+    storage_options: tuple[str, ...] = ()  # key=value for s3:// archives (octbatch/objstore.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:

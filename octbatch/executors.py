@@ -26,6 +26,8 @@ class ExecutorResult:
     failures: list[ShardFailure] = field(default_factory=list)
     workers: dict = field(default_factory=dict)  # worker name -> files processed
     startup_seconds: float = 0.0
+    nodes: dict = field(default_factory=dict)  # worker name -> Ray node id (Ray only)
+    redone: list = field(default_factory=list)  # ids of shards given again after a worker died or a try failed
 
 
 class Executor:
@@ -85,6 +87,8 @@ class LocalExecutor(Executor):
                         if attempts > self.max_shard_retries:
                             res.failures.append(ShardFailure(shard, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", attempts))
                             break
+                        if shard.id not in res.redone:
+                            res.redone.append(shard.id)
                         continue
                     res.summaries.append(s)
                     res.workers[s.worker] = res.workers.get(s.worker, 0) + s.files

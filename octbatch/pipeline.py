@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, Protocol
 
 import pyarrow as pa
@@ -24,6 +24,8 @@ from .archive import FileEntry, discover
 from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
 from .phi import resolve_pseudonymizer
+from .objstore import configure as configure_storage
+from .objstore import is_url, parse_options
 from .results import atomic_write_parquet, file_metadata, make_schema, read_metadata
 from .shards import RunLock, WorkDir, in_slice, make_shards, parse_slice
 from .frames import discovery_filters, entry_row_key, expand, row_key
@@ -85,6 +87,8 @@ class RunSummary:
     model_sha256: str = ""
     executor: str = "local"
     workers: dict = field(default_factory=dict)
+    worker_nodes: dict = field(default_factory=dict)  # worker -> Ray node id (--executor ray)
+    redone_shards: list = field(default_factory=list)  # shards given again after a worker died or a try failed
     exit_code: int = 0
     volumes: int | None = None  # rows written to --volumes
 
@@ -94,6 +98,9 @@ class RunSummary:
 
 # ---------------------------------------------------------------------------------------------
 def _check_paths(archive: str, out: str) -> None:
+    if is_url(archive):
+        _check_out(out)  # the archive is checked by listing it
+        return
     if not os.path.exists(archive):
         raise OctbatchError(f"archive {archive} does not exist", "Check the path you gave to octbatch run.")
     if not os.path.isdir(archive):
@@ -109,6 +116,12 @@ def _check_paths(archive: str, out: str) -> None:
             f"output {out} is inside the archive {archive}",
             "Write results outside the archive (a later run would otherwise scan its own work files).",
         )
+    _check_out(out)
+
+
+def _check_out(out: str) -> None:
+    if os.path.isdir(out):
+        raise OctbatchError(f"output {out} is a directory", "Give a file name, e.g. --out results.parquet.")
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -159,10 +172,23 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     """Classify every scan of cfg.archive into cfg.out. See the module docstring for the guarantees."""
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
-    archive = os.path.abspath(cfg.archive)
-    out = os.path.abspath(cfg.out)
-    _check_paths(archive, out)
+    archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
+    storage_options = parse_options(cfg.storage_options)
+    configure_storage(storage_options)
     sl = parse_slice(cfg.shard)
+    remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
+    if is_url(cfg.out):
+        if sl is not None:
+            raise OctbatchError("--shard with an s3:// --out is not supported yet", "Run the slices with a shared-file-system --out, or run once without --shard.")
+        from .objstore_out import RemoteOut
+
+        remote = RemoteOut(cfg.out)
+        out = remote.stage(cfg.overwrite)
+    elif "://" in cfg.out:
+        raise OctbatchError(f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path.")
+    else:
+        out = os.path.abspath(cfg.out)
+    _check_paths(archive, out)
     model, overrides, backend, engine_path, precision = _resolve_runtime(cfg)
     run_id = uuid.uuid4().hex[:16]
     summary = RunSummary(out=out, archive=archive, run_id=run_id, model=model.path, model_sha256=model.sha256,
@@ -194,6 +220,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
         if use_previous:
             _check_phi(md, pseudo, out)
+        if remote:
+            remote.save_settings()
 
         # What is already committed: the previous result (if kept) and every part file.
         committed: set[int] = set()
@@ -209,6 +237,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         threads = cfg.threads or default_threads()
         wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=pseudo.metadata())
+        if storage_options:
+            wcfg = replace(wcfg, storage_options=storage_options)
         summary.decoder = _decoder_name(cfg.decoder)
 
         discovered: set[int] = set()
@@ -240,7 +270,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         t_proc = time.perf_counter()
         executor = _make_executor(cfg)
-        result = executor.run(make_shards(entries(), cfg.shard_size), wcfg, wd.path, on_progress=on_progress)
+        result = executor.run(make_shards(entries(), cfg.shard_size), wcfg, remote.parts_url if remote else wd.path, on_progress=on_progress)
+        if remote:
+            remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
         rep.finish()
         proc_seconds = time.perf_counter() - t_proc
         summary.discovered = counts["discovered"]
@@ -249,6 +281,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         summary.ok = sum(s.ok for s in result.summaries)
         summary.errors = sum(s.errors for s in result.summaries)
         summary.workers = result.workers
+        summary.worker_nodes = result.nodes
+        summary.redone_shards = result.redone
         summary.startup_seconds = result.startup_seconds
         summary.precision = precision or model.precision
         summary.files_per_second = summary.processed / proc_seconds if proc_seconds > 0 and summary.processed else 0.0
@@ -277,6 +311,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                 from .volumes import write_volumes
 
                 summary.volumes = write_volumes(out, cfg.volumes, rule)
+            if remote:
+                remote.publish()
+                summary.out = remote.url
 
     summary.seconds = time.perf_counter() - t_start
     if summary.failed_files:
@@ -474,7 +511,8 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
     state = wd.read_settings()
     if state is None:
         raise OctbatchError(f"no octbatch work folder at {wd.path}", "Run octbatch run ... --out OUT --shard i/N first (same --out).")
-    archive = os.path.abspath(archive or state.get("archive") or "")
+    archive = archive or state.get("archive") or ""
+    archive = archive.rstrip("/") if is_url(archive) else os.path.abspath(archive)
     done = wd.slices_done()
     ns = {n for (_, n) in done}
     if len(ns) > 1:

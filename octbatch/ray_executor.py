@@ -51,8 +51,11 @@ class ShardActor:
     def __init__(self, cfg: WorkerConfig):
         self.worker = ShardWorker(cfg)
 
-    def ready(self) -> str:
-        return self.worker.name
+    def ready(self) -> tuple[str, str]:
+        """(worker name, id of the Ray node it runs on): the driver records where each actor landed."""
+        import ray
+
+        return self.worker.name, ray.get_runtime_context().get_node_id()
 
     def process(self, packed: tuple, parts_dir: str) -> ShardSummary:
         return self.worker.process(unpack_shard(packed), parts_dir)
@@ -95,12 +98,14 @@ class WorkerPlan:
 
 
 def plan_workers(cluster: dict, nodes: list[dict], *, workers: int | None, gpus_per_worker: float) -> WorkerPlan:
-    """How many actors, and what each asks Ray for, from the cluster's resources.
+    """How many actors, and what each asks Ray for, sized so that every actor fits on one node.
 
+    `nodes` are the alive nodes' total resources. A request no single node can hold (2 CPUs per actor
+    on 1-CPU nodes, 2 GPUs per actor on 1-GPU nodes, more actors than the nodes have room for) would
+    wait forever in Ray's queue: it fails here, at once, with the nodes' sizes in the message.
     gpus_per_worker < 0 means "not given": 1 when the cluster has GPUs, else CPU actors.
     """
     total_gpus = float(cluster.get("GPU", 0))
-    total_cpus = int(cluster.get("CPU", 0))
     gpw = (1.0 if total_gpus else 0.0) if gpus_per_worker < 0 else float(gpus_per_worker)
     if workers is not None and workers < 1:
         raise OctbatchError(f"--workers {workers} must be at least 1", "Leave it out for one worker per GPU (or per 2 CPUs).")
@@ -110,16 +115,45 @@ def plan_workers(cluster: dict, nodes: list[dict], *, workers: int | None, gpus_
                 f"--gpus-per-worker {gpw:g} but the Ray cluster has no GPUs",
                 "Use --gpus-per-worker 0 for CPU workers, or join a cluster with GPU nodes (--ray-address).",
             )
-        n = workers or max(1, int(total_gpus // gpw))
+        gpu_nodes = [nd for nd in nodes if nd.get("GPU")]
+        # Actors per node: a fraction of a GPU packs several on one GPU; more than one GPU needs a node that has them.
+        slots = [int(float(nd["GPU"]) / gpw + 1e-9) for nd in gpu_nodes]
+        if not any(slots):
+            raise OctbatchError(
+                f"--gpus-per-worker {gpw:g} does not fit on any node (nodes: {_node_sizes(nodes)})",
+                "Ask for at most the GPUs of the largest node, e.g. --gpus-per-worker 1.",
+            )
         # CPUs per actor from the GPU nodes only (a CPU-only head must not inflate it), so that
         # every GPU of every node can host an actor.
-        per_node = [int(nd.get("CPU", 0) * gpw // nd["GPU"]) for nd in nodes if nd.get("GPU")]
-        cpus = max(1, min(per_node) if per_node else 1)
-        return WorkerPlan(n, gpw, cpus)
-    if total_cpus < 1:
+        cpus = max(1, min(int(nd.get("CPU", 0)) // s for nd, s in zip(gpu_nodes, slots) if s))
+        return WorkerPlan(_fit(workers, sum(slots), nodes, f"{gpw:g} GPU(s)"), gpw, cpus)
+    node_cpus = [int(nd.get("CPU", 0)) for nd in nodes]
+    if max(node_cpus, default=0) < 1:
         raise OctbatchError("the Ray cluster reports no CPUs", "Check the cluster with `ray status`.")
-    n = workers or max(1, total_cpus // 2)
-    return WorkerPlan(n, 0.0, max(1, total_cpus // n))
+    if workers is None:
+        cpus = min(2, max(node_cpus))  # one actor per 2 CPUs of each node (per CPU on 1-CPU nodes)
+    else:
+        # The most CPUs per actor with which all the actors asked for still fit on the nodes.
+        cpus = max(1, min(sum(node_cpus) // workers, max(node_cpus)))
+        while cpus > 1 and sum(c // cpus for c in node_cpus) < workers:
+            cpus -= 1
+    return WorkerPlan(_fit(workers, sum(c // cpus for c in node_cpus), nodes, f"{cpus} CPU(s)"), 0.0, cpus)
+
+
+def _fit(workers: int | None, capacity: int, nodes: list[dict], each: str) -> int:
+    if workers is None:
+        return max(1, capacity)
+    if workers > capacity:
+        raise OctbatchError(
+            f"--workers {workers} do not fit on the Ray cluster: its nodes hold {capacity} worker(s) of {each} each "
+            f"(nodes: {_node_sizes(nodes)})",
+            f"Use --workers {capacity} or fewer, or add nodes.",
+        )
+    return workers
+
+
+def _node_sizes(nodes: list[dict]) -> str:
+    return ", ".join(f"{float(nd.get('CPU', 0)):g} CPU/{float(nd.get('GPU', 0)):g} GPU" for nd in nodes) or "none"
 
 
 @dataclass
@@ -169,7 +203,8 @@ class RayExecutor(Executor):
 
     # -- Ray session ----------------------------------------------------------------------------
     def _connect(self):
-        """Returns (ray module, whether this call started Ray and so must shut it down)."""
+        """Returns (ray module, whether this call started Ray or joined a cluster, and so must shut the
+        connection down: Ray's log and error threads must not print on stdout after the run)."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
         from ._deps import require
 
@@ -184,13 +219,13 @@ class RayExecutor(Executor):
             # is joined on loopback too; any other address as Ray resolves it.
             with _loopback() if _is_loopback(self.address) else contextlib.nullcontext():
                 ray.init(address=self.address, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # RayError: AuthenticationError
             raise OctbatchError(
                 f"cannot join the Ray cluster at {self.address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                 "Check --ray-address (auto on a cluster node, ray://HEAD:10001 from outside) and that `ray status` works there; "
                 "a cluster with token authentication also needs RAY_AUTH_MODE=token and its token (`ray get-auth-token`).",
             ) from exc
-        return ray, False
+        return ray, True  # shutdown() then only disconnects this driver; the cluster runs on
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, shards, cfg, parts_dir, *, on_progress=None, on_shard=None) -> ExecutorResult:
@@ -270,6 +305,10 @@ class RayExecutor(Executor):
                     inflight[ref] = (slot, job)
                     st["shards"] += 1
 
+        def redone(job: _Job) -> None:
+            if job.shard.id not in res.redone:
+                res.redone.append(job.shard.id)
+
         def replace(slot: _Slot, why: str) -> None:
             nonlocal consecutive_deaths, last_death
             st["deaths"] += 1
@@ -292,6 +331,7 @@ class RayExecutor(Executor):
                         res.failures.append(ShardFailure(job.shard, f"worker died: {why}", job.attempts))
                         continue
                 st["retries"] += 1
+                redone(job)
                 retry.appendleft(job)
             slot.queue.clear()
             for ref in [r for r, (s, j) in inflight.items() if s is slot]:
@@ -307,7 +347,9 @@ class RayExecutor(Executor):
         while True:
             busy = time.perf_counter()
             fill()
-            if not inflight:
+            if not any(job is not None for _, job in inflight.values()) and exhausted and not retry:
+                # All work done. Actors still starting (a replacement Ray cannot place because its
+                # node is gone) are not waited for.
                 st["driver_busy_seconds"] += time.perf_counter() - busy
                 break
             any_ready = any(s.ready for s in self._slots)
@@ -344,6 +386,7 @@ class RayExecutor(Executor):
                         res.failures.append(ShardFailure(job.shard, f"{type(err).__name__}: {err}\n{tb}", job.attempts))
                     else:
                         st["retries"] += 1
+                        redone(job)
                         retry.appendleft(job)
                     continue
                 except ActorUnschedulableError as exc:
@@ -354,7 +397,10 @@ class RayExecutor(Executor):
                     continue
                 inflight.pop(ref)
                 if job is None:  # ready()
-                    slot.ready, slot.name = True, value
+                    slot.name, node = value if isinstance(value, tuple) else (value, "")
+                    slot.ready = True
+                    if node:
+                        res.nodes[slot.name] = node
                     ready_count += 1
                     if ready_count == n_ready_target:
                         res.startup_seconds = time.perf_counter() - t0

@@ -191,6 +191,10 @@ def atomic_write_parquet(path: str, tables: Iterable[pa.Table], schema: pa.Schem
 
 
 def write_part(table: pa.Table, parts_dir: str, shard_id: str) -> str:
+    if parts_dir.startswith("s3://"):  # no rename there: unique part + commit object (octbatch/objstore_out.py)
+        from .objstore_out import write_part_object
+
+        return write_part_object(table, parts_dir, shard_id)
     path = os.path.join(parts_dir, f"part-{shard_id}.parquet")
     atomic_write_parquet(path, [table], table.schema)
     return path

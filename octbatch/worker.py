@@ -39,6 +39,7 @@ class WorkerConfig:
     run_id: str = ""
     file_metadata: dict = field(default_factory=dict)
     fault_hook: str | None = None  # tests: "fail:<shard-id-prefix>" or "exit-after:<n>"
+    storage_options: dict = field(default_factory=dict)  # --storage-option, for s3:// archives
 
 
 @dataclass
@@ -59,6 +60,10 @@ class ShardWorker:
         from .model import load_model_info
 
         self.cfg = cfg
+        if cfg.storage_options:
+            from .objstore import configure
+
+            configure(cfg.storage_options)  # in a Ray actor, the driver's --storage-option
         self.model = cfg.model if cfg.model is not None else load_model_info(cfg.model_path, **cfg.model_overrides)
         self.spec = self.model.preprocessing
         self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
@@ -91,7 +96,12 @@ class ShardWorker:
                 self._frames = FrameDecoder(self.spec, threads=self.cfg.decode_threads, max_pixels=self.cfg.max_pixels)
             return self._prefetch.submit(self._frames.decode_entries, self.decoder, entries)
         decode = self.decoder.decode_batch_device if self._device_path else self.decoder.decode_batch
-        return self._prefetch.submit(decode, [e.abspath for e in entries])
+        paths = [e.abspath for e in entries]
+        if paths and paths[0].startswith("s3://"):
+            from .objstore import fetch_then
+
+            return self._prefetch.submit(fetch_then, decode, paths)  # the batch's objects fetched at once
+        return self._prefetch.submit(decode, paths)
 
     def _drop_ahead(self) -> None:
         """Forget a prefetched batch that will not be used (its shard was not the next one after all)."""

@@ -63,6 +63,10 @@ def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=
 
 def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
     """Read one file whole, turning every way it can fail into a DecodeError with a useful message."""
+    if path.startswith("s3://"):
+        from ..objstore import read_object
+
+        return read_object(path, max_bytes=max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:

@@ -1,0 +1,203 @@
+"""Results on S3-compatible object storage (`--out s3://bucket/results/run.parquet`): exactly once
+without rename.
+
+Object stores have no rename, so the local protocol (temp file + rename) becomes:
+
+  <out>.parts/part-<shard id>-<uuid>.parquet   a shard's rows; a unique name per attempt, never overwritten
+  <out>.parts/commit-<shard id>.json           {"part": name, "rows": n}: written LAST, with a conditional
+                                                put (If-None-Match) so that the first attempt to finish wins;
+                                                a later attempt deletes its own part
+  <out>.parts/run.json                         the settings every part was made with (as on disk)
+  <out>                                        the table: written whole to a local temp file, then one PUT
+
+Readers (the next run, the merge) trust only committed parts: a part with no commit is an attempt
+that died before committing and is ignored (and deleted by the next merge). During a run a reader
+of <out> sees the previous table, whole; the new one replaces it in one PUT at the end.
+
+The driver stages the run in a local folder (the previous table, run.json and the committed parts
+are fetched there) so that the same resume/incremental/merge code as on disk runs unchanged; only
+the actors' parts go straight to the bucket. After the merge the table is put, then the merged
+commits are deleted (commit first, then its part: a part never loses its commit while trusted).
+Two runs on the same s3:// --out from one machine are kept apart by the flock on the local stage;
+from different machines nothing keeps them apart (there is no flock on a bucket): the commit
+protocol still gives each shard one committed part, but do not schedule them to overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+
+from .errors import OctbatchError
+from .objstore import _brief, _store, split_url
+
+__all__ = ["write_part_object", "RemoteOut"]
+
+
+def _split_key(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise OctbatchError(f"--out {url} names no object", "Give s3://BUCKET/PATH/results.parquet.")
+    return bucket, key
+
+
+def write_part_object(table, parts_url: str, shard_id: str) -> str:
+    """Write one shard's part under a unique name, then commit it. Returns the part's URL."""
+    import io
+
+    import obstore
+    import obstore.exceptions as oe
+    import pyarrow.parquet as pq
+
+    from .results import COMPRESSION
+
+    bucket, prefix = split_url(parts_url)
+    store = _store(bucket)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=COMPRESSION, write_statistics=True)
+    name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
+    try:
+        obstore.put(store, prefix + name, buf.getvalue())
+        commit = json.dumps({"part": name, "rows": table.num_rows, "shard": shard_id}).encode()
+        try:
+            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit, mode="create")
+        except oe.AlreadyExistsError:
+            obstore.delete(store, prefix + name)  # another attempt of this shard committed first
+        except oe.NotSupportedError:
+            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit)  # no conditional put: last wins, same rows
+    except OctbatchError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise OctbatchError(f"cannot write {parts_url}{name}: {_brief(exc)}",
+                            "Check that the credentials may s3:PutObject and s3:DeleteObject there; committed shards are kept.") from None
+    return f"s3://{bucket}/{prefix}{name}"
+
+
+class RemoteOut:
+    """The driver's side: stage a run of an s3:// --out in a local folder, publish the table at the end."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.bucket, self.key = _split_key(url)
+        self.parts_url = f"s3://{self.bucket}/{self.key}.parts"
+        self.parts_prefix = self.key + ".parts/"
+        digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+        self.stage_dir = os.path.join(tempfile.gettempdir(), f"octbatch-{os.getuid()}-{digest}")
+        self.local_out = os.path.join(self.stage_dir, os.path.basename(self.key) or "results.parquet")
+        self._merged: list[tuple[str, str]] = []  # (commit key, part key) pulled so far
+
+    def _store(self):
+        return _store(self.bucket)
+
+    def _call(self, what: str, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except OctbatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - obstore errors become user errors
+            import obstore.exceptions as oe
+
+            text = str(exc)
+            if "NoSuchBucket" in text:
+                raise OctbatchError(f"bucket of {self.url} does not exist", "Create it first, or check the name, AWS_ENDPOINT_URL and AWS_REGION.") from None
+            if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or "403" in text:
+                raise OctbatchError(f"S3 refused to {what} {self.url} (credentials rejected or no permission: {_brief(exc)})",
+                                    "Check the AWS_* credentials and that they may read, write and delete under that prefix.") from None
+            raise OctbatchError(f"cannot {what} {self.url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network.") from None
+
+    def stage(self, overwrite: bool) -> str:
+        """Fetch the previous table, run.json and the committed parts; returns the local out path."""
+        import obstore
+        import obstore.exceptions as oe
+
+        parts_dir = self.local_out + ".parts"
+        os.makedirs(parts_dir, exist_ok=True)
+        for name in os.listdir(parts_dir):
+            os.unlink(os.path.join(parts_dir, name))  # the bucket is the truth, not a previous stage
+        if os.path.exists(self.local_out):
+            os.unlink(self.local_out)
+        if overwrite:
+            self._delete_prefix()
+            return self.local_out
+
+        def fetch(key, dest):
+            try:
+                data = bytes(obstore.get(self._store(), key).bytes())
+            except (oe.NotFoundError, FileNotFoundError):
+                return False
+            with open(dest, "wb") as f:
+                f.write(data)
+            return True
+
+        self._call("read", fetch, self.key, self.local_out)
+        self._call("read", fetch, self.parts_prefix + "run.json", os.path.join(parts_dir, "run.json"))
+        self.pull_parts()
+        return self.local_out
+
+    def _list(self):
+        import obstore
+
+        out = []
+        for chunk in obstore.list(self._store(), self.parts_prefix, chunk_size=1000):
+            out.extend(m["path"] for m in chunk)
+        return out
+
+    def pull_parts(self) -> int:
+        """Fetch every committed part not fetched yet into the stage's parts folder."""
+        import obstore
+
+        keys = self._call("list", self._list)
+        have = {c for c, _ in self._merged}
+        n = 0
+        for key in keys:
+            name = key[len(self.parts_prefix):]
+            if not (name.startswith("commit-") and name.endswith(".json")) or key in have:
+                continue
+            commit = self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))
+            part_key = self.parts_prefix + commit["part"]
+            shard = name[len("commit-"):-len(".json")]
+            dest = os.path.join(self.local_out + ".parts", f"part-{shard}.parquet")
+            data = self._call("read", lambda k=part_key: bytes(obstore.get(self._store(), k).bytes()))
+            with open(dest + ".tmp-dl", "wb") as f:
+                f.write(data)
+            os.replace(dest + ".tmp-dl", dest)
+            self._merged.append((key, part_key))
+            n += 1
+        return n
+
+    def save_settings(self) -> None:
+        import obstore
+
+        with open(os.path.join(self.local_out + ".parts", "run.json"), "rb") as f:
+            data = f.read()
+        self._call("write", obstore.put, self._store(), self.parts_prefix + "run.json", data)
+
+    def publish(self) -> None:
+        """The table in one PUT; then the merged commits go (each before its part), and every part
+        that no remaining commit names (attempts that lost or never committed)."""
+        import obstore
+
+        with open(self.local_out, "rb") as f:
+            self._call("write", obstore.put, self._store(), self.key, f)
+        for commit_key, part_key in self._merged:
+            self._call("clean up", obstore.delete, self._store(), commit_key)
+            self._call("clean up", obstore.delete, self._store(), part_key)
+        self._merged.clear()
+        keys = self._call("list", self._list)
+        named = set()
+        for key in keys:
+            name = key[len(self.parts_prefix):]
+            if name.startswith("commit-") and name.endswith(".json"):  # committed after our last pull
+                named.add(self.parts_prefix + self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))["part"])
+        for key in keys:
+            if key[len(self.parts_prefix):].startswith("part-") and key not in named:
+                self._call("clean up", obstore.delete, self._store(), key)
+
+    def _delete_prefix(self) -> None:
+        import obstore
+
+        for key in self._call("list", self._list):
+            self._call("clean up", obstore.delete, self._store(), key)
