@@ -41,3 +41,14 @@ def test_shipped_model_reaches_its_card_accuracy_on_kermanys_test_set(tmp_path, 
             assert preds[r["path"]]["label"] == r["label"]  # names and folders parse to the manifest's labels
         accuracy = sum(preds[r["path"]]["pred"] == r["label"] for r in report) / len(report)
         assert abs(accuracy - stated["accuracy"]) <= 0.005, (name, accuracy, stated["accuracy"])
+
+
+def test_model_card_is_rendered_from_its_data_files():
+    """engines/README.md is exactly what octbatch.train_card renders from metrics.json and the experiment files."""
+    from octbatch.train_card import render_card
+
+    load = lambda p: json.loads((REPO / p).read_text())  # noqa: E731
+    card = render_card(METRICS, width=load("benchmarks/width_experiment.json"), sizes=load("benchmarks/model_sizes.json"),
+                       curve=load("benchmarks/learning_curve.json"), candidates=load("benchmarks/v2_candidates.json"))
+    assert (REPO / "engines" / "README.md").read_text() == card
+    assert f"accuracy **{METRICS['evaluation']['test_v3']['accuracy']:.3f}**" in card
