@@ -56,9 +56,13 @@ def golden_table(path: Path, row_group_size: int = 3) -> Path:
         "model_sha256": ["ab" * 32] * n, "backend": ["onnxruntime"] * n, "precision": ["fp32"] * n, "decoder": ["cpu"] * n,
         "run_id": ["run-a"] * 6 + ["run-b"] * (n - 6), "processed_at": [0] * n,
     }
+    cols["frame"] = [0] * n  # a DICOM-style frame number on every row: the report must not care
+    for f in schema:  # the other provenance columns of the schema (DICOM tags) stay null
+        cols.setdefault(f.name, [None] * n)
     t = pa.Table.from_pydict(cols, schema=schema)
-    # columns other branches add (a gate score, DICOM frame numbers) must not bother the report
-    t = t.append_column("oct_score", pa.array(np.linspace(0, 1, n), pa.float32())).append_column("frame", pa.array([0] * n, pa.int32()))
+    # a column the schema does not know (a gate score) must not bother the report either
+    if "oct_score" not in t.column_names:
+        t = t.append_column("oct_score", pa.array(np.linspace(0, 1, n), pa.float32()))
     pq.write_table(t, path, row_group_size=row_group_size)
     return path
 
