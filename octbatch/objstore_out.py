@@ -134,6 +134,9 @@ class RemoteOut:
 
         self._call("read", fetch, self.key, self.local_out)
         self._call("read", fetch, self.parts_prefix + "run.json", os.path.join(parts_dir, "run.json"))
+        # The random per-table pseudonym key (octbatch.phi) lives beside the parts, in the bucket too.
+        if self._call("read", fetch, self.parts_prefix + "phi.key", os.path.join(parts_dir, "phi.key")):
+            os.chmod(os.path.join(parts_dir, "phi.key"), 0o600)
         self.pull_parts()
         return self.local_out
 
@@ -174,6 +177,10 @@ class RemoteOut:
         with open(os.path.join(self.local_out + ".parts", "run.json"), "rb") as f:
             data = f.read()
         self._call("write", obstore.put, self._store(), self.parts_prefix + "run.json", data)
+        key_file = os.path.join(self.local_out + ".parts", "phi.key")
+        if os.path.exists(key_file):  # a random per-table key: the next run into this table must find it
+            with open(key_file, "rb") as f:
+                self._call("write", obstore.put, self._store(), self.parts_prefix + "phi.key", f.read())
 
     def publish(self) -> None:
         """The table in one PUT; then the merged commits go (each before its part), and every part
