@@ -145,7 +145,7 @@ def test_resume_with_other_gate_settings_is_refused(tmp_path, tiny_model):
     assert {r["status"] for r in rows_of(out).values()} == {"not_oct"}
 
 
-def test_gate_on_the_dali_paths_matches_the_cpu_decoder(bad_archive, tmp_path, tiny_model, monkeypatch):
+def test_gate_on_the_dali_paths_matches_the_cpu_decoder(bad_archive, tmp_path, shipped_model, monkeypatch):
     pytest.importorskip("nvidia.dali", reason="nvidia.dali is not installed (pip install 'octbatch[dali]')")
     import octbatch.backends as backends
     import octbatch.worker as worker
@@ -153,15 +153,16 @@ def test_gate_on_the_dali_paths_matches_the_cpu_decoder(bad_archive, tmp_path, t
 
     root, _, blanks = bad_archive
     cpu, host, dev = tmp_path / "cpu.parquet", tmp_path / "dali.parquet", tmp_path / "device.parquet"
-    assert invoke("run", root, "--out", cpu, "--model", tiny_model, "--decoder", "cpu", "-b", 16, "-q").exit_code == 3
-    assert invoke("run", root, "--out", host, "--model", tiny_model, "--decoder", "dali", "-b", 16, "-q").exit_code == 3
+    assert invoke("run", root, "--out", cpu, "--model", shipped_model, "--decoder", "cpu", "-b", 16, "-q").exit_code == 3
+    assert invoke("run", root, "--out", host, "--model", shipped_model, "--decoder", "dali", "-b", 16, "-q").exit_code == 3
     real_make_runner = backends.make_runner
     monkeypatch.setattr(backends, "make_runner", lambda backend, model, **kw: HostPointerRunner(
         real_make_runner("onnxruntime", model, threads=kw.get("threads", 0)), model.preprocessing))
     monkeypatch.setattr(worker, "use_device_path", lambda decoder, device, backend: decoder == "dali")
-    assert invoke("run", root, "--out", dev, "--model", tiny_model, "--decoder", "dali", "-b", 16, "-q").exit_code == 3
+    assert invoke("run", root, "--out", dev, "--model", shipped_model, "--decoder", "dali", "-b", 16, "-q").exit_code == 3
     rc, rh, rd = rows_of(cpu), rows_of(host), rows_of(dev)
     assert rc.keys() == rh.keys() == rd.keys()
+    diffs = []
     for p in rc:
         assert rc[p]["status"] in ("ok", "suspect", "error")
         if rc[p]["status"] == "error":
@@ -171,7 +172,9 @@ def test_gate_on_the_dali_paths_matches_the_cpu_decoder(bad_archive, tmp_path, t
         assert rd[p]["oct_score"] == pytest.approx(rh[p]["oct_score"], abs=1e-6), p
         assert rd[p]["status"] == rh[p]["status"]
         # DALI and the CPU decoder differ by ~1 grey level (docs/GPU.md); so do the scores, a little
-        assert abs(rh[p]["oct_score"] - rc[p]["oct_score"]) < 0.15, (p, rh[p]["oct_score"], rc[p]["oct_score"])
+        diffs.append(abs(rh[p]["oct_score"] - rc[p]["oct_score"]))
+    print("max |DALI - CPU| oct_score", max(diffs), "median", float(np.median(diffs)))
+    assert float(np.median(diffs)) < 0.02 and max(diffs) < 0.15  # measured: 0.007 and 0.05
     for p in blanks:
         assert rh[p]["gate_reason"] == rd[p]["gate_reason"] == REASON_BLANK
 
