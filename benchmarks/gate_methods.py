@@ -74,34 +74,6 @@ def classifier_features(model_path, imgs, spec):
 
 
 # ------------------------------------------------------------------------------- c) statistics
-def stats_features(x01):
-    import cv2
-
-    out = []
-    for v in x01[:, 0]:
-        b = cv2.GaussianBlur(v, (5, 5), 0)
-        std = v.std() + 1e-6
-        rows, cols = b.mean(axis=1), b.mean(axis=0)
-        gy, gx = np.abs(np.diff(b, axis=0)).mean(), np.abs(np.diff(b, axis=1)).mean()
-        c = np.concatenate([v[:8, :8].ravel(), v[:8, -8:].ravel(), v[-8:, :8].ravel(), v[-8:, -8:].ravel()]).mean()
-        out.append([v.mean(), std, rows.std() / std, cols.std() / std, np.log((gy + 1e-4) / (gx + 1e-4)),
-                    (v < 0.08).mean(), (v > 0.9).mean(), rows.argmax() / len(rows), rows[:8].mean() - rows.mean(),
-                    np.abs(v - b).mean() / std, c - v[24:40, 24:40].mean(), np.abs(np.diff(rows)).max() / std])
-    return np.array(out, np.float32)
-
-
-def fit_logreg(X, y, w, iters=600, lr=0.5, l2=1e-3):
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    Z = (X - mu) / sd
-    beta, b0 = np.zeros(Z.shape[1]), 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(Z @ beta + b0)))
-        g = w * (p - y)
-        beta -= lr * (Z.T @ g / w.sum() + l2 * beta)
-        b0 -= lr * g.sum() / w.sum()
-    return lambda Xn: 1 / (1 + np.exp(-(((Xn - mu) / sd) @ beta + b0)))
-
-
 def summarize(name, val, rep, rep_items, neg, neg_items, threshold, higher_is_oct=True):
     def flagged(s):
         return (s < threshold) if higher_is_oct else (s > threshold)
@@ -128,7 +100,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from octbatch import gate_train as gt
-    from octbatch.gate import gate_input
+    from octbatch.gate import gate_input, stats_features
+    from octbatch.gate_train import fit_logreg
     from octbatch.model import load_model_info
 
     t0 = time.perf_counter()
@@ -181,20 +154,24 @@ def main(argv=None):
         img = gt.synth_negative(gt.SYNTH_KINDS[k % len(gt.SYNTH_KINDS)], rng, oct_bases)
         synth.append(gt.random_view(img, rng))
     S_syn = stats_features(np.stack(synth)[:, None].astype(np.float32) / 255.0)
-    neg_scores = np.zeros(len(neg_items))
-    val_scores, rep_scores = [], []
-    for src in sorted({it.source for it in neg_items}):
-        tr_neg = np.array([it.source != src for it in neg_items])
-        X = np.concatenate([S_oct[trn], S_neg[tr_neg], S_syn])
-        y = np.concatenate([np.ones(len(trn)), np.zeros(tr_neg.sum() + len(S_syn))])
-        w = np.where(y > 0, 0.5 / len(trn), 0.5 / (len(y) - len(trn)))
-        f = fit_logreg(X, y, w)
-        neg_scores[~tr_neg] = f(S_neg[~tr_neg])
-        val_scores.append(f(S_oct[val]))
-        rep_scores.append(f(S_oct[rep]))
-    sv, sr = np.mean(val_scores, 0), np.mean(rep_scores, 0)
-    results.append(summarize("c) image statistics + logistic regression (held-out source)", sv, sr, rep_items, neg_scores, neg_items,
-                             min(0.5, float(np.quantile(sv, 0.002)))))
+    for by in ("source", "category"):
+        neg_scores = np.zeros(len(neg_items))
+        val_scores, rep_scores = [], []
+        for g in sorted({getattr(it, by) for it in neg_items}):
+            tr_neg = np.array([getattr(it, by) != g for it in neg_items])
+            X = np.concatenate([S_oct[trn], S_neg[tr_neg], S_syn])
+            y = np.concatenate([np.ones(len(trn)), np.zeros(tr_neg.sum() + len(S_syn))])
+            w = np.where(y > 0, 0.5 / len(trn), 0.5 / (len(y) - len(trn)))
+            f = fit_logreg(X, y, w)
+            neg_scores[~tr_neg] = f(S_neg[~tr_neg])
+            val_scores.append(f(S_oct[val]))
+            rep_scores.append(f(S_oct[rep]))
+        sv, sr = np.mean(val_scores, 0), np.mean(rep_scores, 0)
+        r = summarize(f"c) image statistics + logistic regression (held-out {by})", sv, sr, rep_items, neg_scores, neg_items,
+                      min(0.5, float(np.quantile(sv, 0.002))))
+        r["missed"] = [f"{it.rel} ({v:.3f})" for it, v in zip(neg_items, neg_scores) if v >= r["threshold"]]
+        r["non_oct_scores"] = [round(float(v), 4) for v in neg_scores]
+        results.append(r)
 
     if a.gate_metrics:
         gm = json.load(open(a.gate_metrics))
@@ -205,7 +182,7 @@ def main(argv=None):
                         "non_oct_caught": {k.split(":", 1)[-1]: (v["rate"] if isinstance(v, dict) else v) for k, v in h.items()
                                            if k == "all" or k.startswith("category:")}})
     for r in results:
-        print(json.dumps(r), file=sys.stderr)
+        print(json.dumps({k: v for k, v in r.items() if k != "non_oct_scores"}), file=sys.stderr)
     out = {"seconds": round(time.perf_counter() - t0, 1), "model": info.path, "results": results}
     if a.out:
         with open(a.out, "w") as f:

@@ -6,15 +6,17 @@ gives every one of them a disease label with high confidence; the gate gives eac
 ``oct_score`` (0..1, higher = looks like a B-scan) and, when it is low, a ``gate_reason``.
 
 The gate is independent of the classifier's weights: a tiny CNN in its own ONNX file
-(``octbatch/models/oct-gate-v1.onnx``, trained by ``octbatch train-gate``, see engines/GATE.md) plus
-two image statistics. It sees the very uint8 image the decoder made for the classifier (any
-decoder: CPU, Pillow, DALI on the CPU or the GPU), shrunk to 64x64 here, so it costs no extra decode.
+(``octbatch/models/oct-gate-v1.onnx``, trained by ``octbatch train-gate``, see engines/GATE.md) and a
+logistic regression on twelve image statistics (stored in the same file's metadata), combined by
+taking the lower of the two probabilities: an image must look like a B-scan to both. It sees the
+very uint8 image the decoder made for the classifier (any decoder: CPU, Pillow, DALI on the CPU or
+the GPU), shrunk to 64x64 here, so it costs no extra decode.
 
 Rules, in order (pixel values on the 0..255 scale, at 64x64):
 1. an almost-constant frame (all black, all white, flat grey: pixel std < 6) or a frame with nothing
    bright in it (99th percentile < 40; the dimmest real B-scan measured has 79): score 0, reason
    "blank or no retina visible";
-2. otherwise the CNN's probability; below the threshold the reason is "blank or no retina visible"
+2. otherwise min(CNN probability, statistics probability); below the threshold the reason is "blank or no retina visible"
    when the frame is dim (99th percentile < 64: speckle with no retina in view), else
    "does not look like an OCT B-scan".
 
@@ -47,6 +49,8 @@ __all__ = [
     "default_gate_path",
     "gate_input",
     "image_stats",
+    "stats_features",
+    "stats_probability",
     "blank_mask",
     "load_gate",
 ]
@@ -122,6 +126,45 @@ def image_stats(x01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (flat.std(axis=1) * 255.0).astype(np.float32), (p99 * 255.0).astype(np.float32)
 
 
+STATS_NAMES = ("mean", "std", "row_profile_std", "column_profile_std", "log_vertical_over_horizontal_gradient",
+               "dark_fraction", "bright_fraction", "brightest_row_position", "top_rows_minus_mean", "speckle",
+               "corners_minus_centre", "largest_row_step")
+
+
+def stats_features(x01: np.ndarray) -> np.ndarray:
+    """Twelve statistics (N, 12) of gate inputs (N, 1, 64, 64) on the 0..1 scale: what makes a
+    B-scan a B-scan in numbers: a horizontal bright band (row profile varies, column profile does
+    not, vertical gradients beat horizontal ones), dark above it, speckle, no dark corners."""
+    import cv2
+
+    x = x01[:, 0]
+    n = len(x)
+    if n == 0:
+        return np.zeros((0, len(STATS_NAMES)), np.float32)
+    b = np.stack([cv2.GaussianBlur(v, (5, 5), 0) for v in x])
+    std = x.reshape(n, -1).std(axis=1) + 1e-6
+    mean = x.reshape(n, -1).mean(axis=1)
+    rows, cols = b.mean(axis=2), b.mean(axis=1)
+    gy = np.abs(np.diff(b, axis=1)).mean(axis=(1, 2))
+    gx = np.abs(np.diff(b, axis=2)).mean(axis=(1, 2))
+    corners = (x[:, :8, :8].mean(axis=(1, 2)) + x[:, :8, -8:].mean(axis=(1, 2)) + x[:, -8:, :8].mean(axis=(1, 2))
+               + x[:, -8:, -8:].mean(axis=(1, 2))) / 4
+    centre = x[:, 24:40, 24:40].mean(axis=(1, 2))
+    f = np.stack([mean, std, rows.std(axis=1) / std, cols.std(axis=1) / std, np.log((gy + 1e-4) / (gx + 1e-4)),
+                  (x < 0.08).reshape(n, -1).mean(axis=1), (x > 0.9).reshape(n, -1).mean(axis=1),
+                  rows.argmax(axis=1) / rows.shape[1], rows[:, :8].mean(axis=1) - rows.mean(axis=1),
+                  np.abs(x - b).reshape(n, -1).mean(axis=1) / std, corners - centre,
+                  np.abs(np.diff(rows, axis=1)).max(axis=1) / std], axis=1)
+    return f.astype(np.float32)
+
+
+def stats_probability(features: np.ndarray, model: dict) -> np.ndarray:
+    """The logistic regression stored in the gate's metadata (mu, sd, beta, b0) on stats_features."""
+    z = (features - np.asarray(model["mu"], np.float32)) / np.asarray(model["sd"], np.float32)
+    t = z.astype(np.float64) @ np.asarray(model["beta"], np.float64) + float(model["b0"])
+    return (1.0 / (1.0 + np.exp(-np.clip(t, -60, 60)))).astype(np.float32)
+
+
 def blank_mask(std: np.ndarray, p99: np.ndarray) -> np.ndarray:
     """Rule 1: frames that are blank or have nothing bright in view."""
     return (std < BLANK_STD) | (p99 < BLANK_P99)
@@ -156,6 +199,7 @@ class Gate:
         self.path = str(p)
         self.sha256 = file_sha256(p)
         self.threshold = float(threshold) if threshold is not None else file_threshold
+        self.stats_model = self.info.get("stats_model")  # None in a gate without one: the CNN alone
         self._input = self._sess.get_inputs()[0].name
         self._buf = None
 
@@ -166,7 +210,9 @@ class Gate:
         self._buf = gate_input(images_u8, self._buf)
         x = self._buf[:n]
         logits = self._sess.run(None, {self._input: x})[0].reshape(n)
-        scores = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        scores = (1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -60, 60)))).astype(np.float32)
+        if self.stats_model is not None:
+            scores = np.minimum(scores, stats_probability(stats_features(x), self.stats_model))
         std, p99 = image_stats(x)
         blank = blank_mask(std, p99)
         scores[blank] = 0.0

@@ -47,6 +47,9 @@ __all__ = [
     "export_gate",
     "runtime_views",
     "evaluate_holdout",
+    "fit_logreg",
+    "train_stats",
+    "train_gate_file",
 ]
 
 TRAIN_HINTS = ("train", "unknown")  # everything else (test-v3, test, val, ...) is report-only
@@ -377,6 +380,40 @@ def train_gate(pos_bases: Sequence[np.ndarray], neg_bases: Sequence[np.ndarray],
     return model
 
 
+def fit_logreg(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, iters: int = 600, lr: float = 0.5, l2: float = 1e-3):
+    """Weighted logistic regression on standardised features by gradient descent (numpy, deterministic).
+    Returns (predict function, model dict for the gate's metadata)."""
+    from .gate import stats_probability
+
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mu) / sd
+    beta, b0 = np.zeros(Z.shape[1]), 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(Z @ beta + b0, -60, 60)))
+        g = w * (p - y)
+        beta -= lr * (Z.T @ g / w.sum() + l2 * beta)
+        b0 -= lr * g.sum() / w.sum()
+    model = {"mu": [float(v) for v in mu], "sd": [float(v) for v in sd], "beta": [float(v) for v in beta], "b0": float(b0)}
+    return (lambda Xn: stats_probability(Xn, model)), model
+
+
+def train_stats(pos_bases, neg_bases, *, seed: int = 0, **overrides):
+    """The statistics half of the gate: stats_features of random views (two per training B-scan, the
+    real negatives repeated like the CNN's, the same kinds of synthetic negatives), class-balanced."""
+    from .gate import stats_features
+
+    cfg = {**GATE_DEFAULTS, **overrides}
+    rng = np.random.default_rng(seed + 1000)
+    xs, ys = [], []
+    for _ in range(2):
+        x, y = _epoch_batch(pos_bases, neg_bases, list(pos_bases), rng, cfg)
+        xs.append(stats_features(x))
+        ys.append(y)
+    X, y = np.concatenate(xs), np.concatenate(ys)
+    w = np.where(y > 0, 0.5 / y.sum(), 0.5 / (len(y) - y.sum()))
+    return fit_logreg(X.astype(np.float64), y, w)
+
+
 def torch_scores(model, x01: np.ndarray) -> np.ndarray:
     """Gate probabilities of float inputs (N,1,64,64) with the torch model (rule 1 not applied)."""
     import torch
@@ -448,15 +485,22 @@ def evaluate_holdout(oct_items, oct_bases, neg_items, neg_bases, *, spec, by: st
     if neg_views is None:
         neg_views, _ = runtime_views(neg_items, spec, threads=threads)
     groups = sorted({getattr(it, by) for it in neg_items} if only is None else only)
+    from .gate import stats_features
+
     scores = np.full(len(neg_items), np.nan, np.float32)
+    cnn, st = scores.copy(), scores.copy()
     for g in groups:
         keep = [b for it, b in zip(neg_items, neg_bases) if getattr(it, by) != g and b is not None]
         model = train_gate(pos, keep, seed=seed, threads=threads, **cfg)
+        stats_fn, _ = train_stats(pos, keep, seed=seed, **cfg)
         rows = [i for i, it in enumerate(neg_items) if getattr(it, by) == g]
-        scores[rows] = apply_rules(torch_scores(model, neg_views[rows]), neg_views[rows])
+        cnn[rows] = apply_rules(torch_scores(model, neg_views[rows]), neg_views[rows])
+        st[rows] = apply_rules(stats_fn(stats_features(neg_views[rows])), neg_views[rows])
+        scores[rows] = np.minimum(cnn[rows], st[rows])
         if log:
-            log(f"held out {by} {g}: {len(rows)} images, median score {float(np.median(scores[rows])):.3f}")
-    return {"by": by, "groups": groups, "scores": scores.tolist()}
+            log(f"held out {by} {g}: {len(rows)} images, median score {float(np.median(scores[rows])):.3f} "
+                f"(CNN {float(np.median(cnn[rows])):.3f}, statistics {float(np.median(st[rows])):.3f})")
+    return {"by": by, "groups": groups, "scores": scores.tolist(), "cnn_scores": cnn.tolist(), "stats_scores": st.tolist()}
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -497,11 +541,17 @@ def train_gate_file(oct_dir: str | os.PathLike, non_oct_dir: str | os.PathLike, 
     if log:
         log(f"gate: {len(train_rows)} training B-scans, {n_val} validation B-scans, {len(negs)} real negatives, "
             f"{cfg['synth_per_epoch']} synthetic negatives per epoch; report-only scans kept out: {len(report_rows)}")
+    from .gate import STATS_NAMES, stats_features
+
     net = train_gate([oct_bases[i] for i in train_rows], negs, seed=seed, threads=threads, log=log, **cfg)
+    stats_fn, stats_model = train_stats([oct_bases[i] for i in train_rows], negs, seed=seed, **cfg)
     oct_views, oct_ok = runtime_views(oct_items, spec, threads=threads)
-    val_scores = apply_rules(torch_scores(net, oct_views[val_rows]), oct_views[val_rows])
+    vv = oct_views[val_rows]
+    val_scores = apply_rules(np.minimum(torch_scores(net, vv), stats_fn(stats_features(vv))), vv)
     threshold = _choose_threshold(val_scores, cfg)
     info = {"version": 1, "threshold": round(threshold, 4), "input_size": [64, 64], "seed": seed,
+            "stats_model": {**stats_model, "features": list(STATS_NAMES)},
+            "combine": "min(CNN probability, statistics probability)",
             "trained_on": {"oct_scans": len(train_rows), "oct_splits": list(TRAIN_HINTS), "non_oct_images": len(negs),
                            "synthetic_kinds": list(SYNTH_KINDS)},
             "rules": "octbatch.gate rules: blank (std < 6 or 99th percentile < 40 of 255, at 64x64) scores 0; "
@@ -532,6 +582,10 @@ def train_gate_file(oct_dir: str | os.PathLike, non_oct_dir: str | os.PathLike, 
                                                            **{f"category:{k}": v for k, v in _by(neg_items, hs, "category", threshold).items()},
                                                            **{f"source:{k}": v for k, v in _by(neg_items, hs, "source", threshold).items()}}
             metrics[f"missed_holding_out_{by}"] = [f"{it.rel} ({v:.3f})" for it, v in zip(neg_items, hs) if v >= threshold]
+            for half in ("cnn", "stats"):
+                hh = np.array(h[f"{half}_scores"])
+                metrics[f"non_oct_caught_holding_out_{by}_{half}_alone"] = {
+                    "all": round(rates(hh, threshold), 4), **{k: v["rate"] for k, v in _by(neg_items, hh, "category", threshold).items()}}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics
 
