@@ -109,6 +109,11 @@ def _model_options(f):
 @click.option("--referral", multiple=True, help="Per-volume rule: CLASS=urgent|routine|observation (repeatable).")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="For an s3:// ARCHIVE: an S3 setting beyond the AWS_* variables (repeatable), e.g. virtual_hosted_style_request=false.")
+@click.option("--gate", type=click.Choice(["flag", "reject", "off"]), default="flag", envvar="OCTBATCH_GATE",
+              help="OCT gate for images that are not B-scans: flag (status=suspect, prediction kept), reject (status=not_oct, no prediction), off.")
+@click.option("--gate-model", type=click.Path(dir_okay=False), envvar="OCTBATCH_GATE_MODEL", help="Gate ONNX file (octbatch train-gate) [default: the shipped gate].")
+@click.option("--gate-threshold", type=click.FloatRange(0.0, 1.0), default=None, envvar="OCTBATCH_GATE_THRESHOLD",
+              help="Flag rows whose oct_score is below this [default: the threshold stored in the gate file].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
@@ -116,12 +121,14 @@ def _model_options(f):
 def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
         limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
         gpus_per_worker, max_shard_retries, formats, phi, phi_key_file, max_volume_pixels, volumes_out, min_frames, min_prob,
-        referral, storage_options, as_json, quiet, verbose, no_progress):
+        referral, storage_options, gate, gate_model, gate_threshold, as_json, quiet, verbose, no_progress):
     """Classify every scan under ARCHIVE into one Parquet table (--out).
 
     Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
     new or changed files. Files that cannot be read still get a row (status=error). DICOM volumes
     and multi-page TIFF stacks get one row per frame; DICOM patient IDs are pseudonymised.
+    Images that do not look like OCT B-scans (fundus photos, localisers, X-rays, screenshots, blank
+    frames) get status=suspect (or not_oct with --gate reject) and a gate_reason; nothing is dropped.
     ARCHIVE may be s3://BUCKET/PREFIX (pip install 'octbatch[s3]'; AWS_* variables as usual).
 
     \b
@@ -141,6 +148,7 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
         retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
         gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
         fault_hook=os.environ.get("OCTBATCH_FAULT"), storage_options=tuple(storage_options),
+        gate=gate, gate_model=gate_model, gate_threshold=gate_threshold,
         formats=_csv(formats), phi=phi, phi_key_file=phi_key_file, max_volume_pixels=max_volume_pixels, volumes=volumes_out,
         volume_min_frames=min_frames, volume_min_prob=min_prob, referral=_csv(referral),
     )
@@ -159,6 +167,9 @@ def _print_summary(s) -> None:
         f"{s.skipped} already done" + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
         f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
     ]
+    if s.suspect or s.not_oct:
+        what = f"{s.suspect} flagged status=suspect (prediction kept)" if s.suspect else f"{s.not_oct} rejected status=not_oct"
+        lines.append(f"octbatch: OCT gate: {what}: they do not look like OCT B-scans; see the gate_reason column or octbatch report")
     if s.discovered == 0:
         lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff .dcm, DICOM) found under {s.archive}; check the path and --include/--exclude")
     if s.failed_files:
@@ -301,7 +312,7 @@ def main() -> None:
 
 # Commands that live beside their subsystem. Each module imports only click at top level and
 # defines register(group); a module that is not part of this install is skipped.
-_SUBCOMMAND_MODULES = ("cli_engines", "cli_bench", "cli_gpu", "cli_volumes")
+_SUBCOMMAND_MODULES = ("cli_engines", "cli_bench", "cli_gpu", "cli_volumes", "cli_gate")
 
 
 def _register_subcommands() -> None:

@@ -60,6 +60,9 @@ class RunConfig:
     volume_min_prob: float = 0.0
     referral: tuple[str, ...] = ()  # CLASS=urgent|routine|observation overrides
     storage_options: tuple[str, ...] = ()  # key=value for s3:// archives (octbatch/objstore.py)
+    gate: str = "flag"  # the OCT gate (octbatch.gate): flag | reject | off
+    gate_model: str | None = None  # None: the shipped gate (or $OCTBATCH_GATE_MODEL)
+    gate_threshold: float | None = None  # None: the threshold stored in the gate file
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:
@@ -70,6 +73,10 @@ class RunConfig:
             raise OctbatchError("--limit must not be negative", "Give a number of files, or leave it out.")
         if self.threads < 0:
             raise OctbatchError("--threads must not be negative", "Use 0 for all cores.")
+        if self.gate not in ("flag", "reject", "off"):
+            raise OctbatchError(f"unknown --gate mode {self.gate!r}", "Use flag, reject or off.")
+        if self.gate_threshold is not None and not 0.0 <= self.gate_threshold <= 1.0:
+            raise OctbatchError(f"--gate-threshold {self.gate_threshold} is not between 0 and 1", "Give a score threshold from 0 to 1 (e.g. 0.5).")
 
 
 def load_toml_defaults(path: str | None) -> dict:

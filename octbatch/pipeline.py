@@ -71,6 +71,9 @@ class RunSummary:
     processed: int = 0  # files classified by this invocation
     ok: int = 0
     errors: int = 0  # files of this invocation that could not be read or decoded
+    suspect: int = 0  # readable files of this invocation the OCT gate flagged (status=suspect)
+    not_oct: int = 0  # readable files of this invocation the OCT gate rejected (status=not_oct)
+    gate: str = "off"  # the OCT gate's mode
     failed_shards: list = field(default_factory=list)
     failed_files: int = 0
     dropped_deleted: int = 0  # rows of files no longer in the archive
@@ -194,8 +197,11 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     summary = RunSummary(out=out, archive=archive, run_id=run_id, model=model.path, model_sha256=model.sha256,
                          backend=backend, executor=cfg.executor, slice=cfg.shard)
     settings = model.settings_key
+    gate_settings, gate_desc = _resolve_gate(cfg)
+    summary.gate = cfg.gate
     state = {"settings": settings, "archive": archive, "include": list(cfg.include), "exclude": list(cfg.exclude), "limit": cfg.limit,
-             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels, "max_pixels": cfg.max_pixels}
+             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels, "max_pixels": cfg.max_pixels,
+             "gate": gate_desc}
     rule = _volume_rule(cfg, model) if cfg.volumes else None
 
     with RunLock(out, shared=sl is not None, slice_=sl):
@@ -214,8 +220,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
                 md = {}
             if not md:
                 raise OctbatchError(f"output {out} exists and is not an octbatch result", "Pass --overwrite to replace it, or choose another --out.")
-            _check_same({"settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")}, "archive": md.get("archive_root")},
-                        state, out, what=out)
+            _check_same({"settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")}, "archive": md.get("archive_root"),
+                         "gate": md.get("gate")}, state, out, what=out)
         wd.write_settings(state)
         pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
         if use_previous:
@@ -239,6 +245,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=pseudo.metadata())
         if storage_options:
             wcfg = replace(wcfg, storage_options=storage_options)
+        wcfg = replace(wcfg, gate=gate_settings, file_metadata={**wcfg.file_metadata, "gate": gate_desc})
         summary.decoder = _decoder_name(cfg.decoder)
 
         discovered: set[int] = set()
@@ -280,6 +287,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         summary.processed = sum(s.files for s in result.summaries)
         summary.ok = sum(s.ok for s in result.summaries)
         summary.errors = sum(s.errors for s in result.summaries)
+        summary.suspect = sum(getattr(s, "suspect", 0) for s in result.summaries)
+        summary.not_oct = sum(getattr(s, "not_oct", 0) for s in result.summaries)
         summary.workers = result.workers
         summary.worker_nodes = result.nodes
         summary.redone_shards = result.redone
@@ -304,7 +313,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         else:
             unchanged = summary.processed == 0 and not result.failures and not retry and counts["skipped"] == counts["discovered"]
             summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep,
-                                                                extra={"run_id": run_id, "phi": pseudo.metadata()}, unchanged=unchanged)
+                                                                extra={"run_id": run_id, "phi": pseudo.metadata(), "gate": gate_desc}, unchanged=unchanged)
             summary.merged = True
             wd.clear_slice_markers()  # any finished slices are in `out` now
             if cfg.volumes:
@@ -331,6 +340,20 @@ def _decoder_name(choice: str) -> str:
     return choice
 
 
+def _resolve_gate(cfg: RunConfig):
+    """(GateSettings, description stored with the results) for cfg; opening the gate file here turns a
+    missing or broken gate into a user error before any worker starts."""
+    from .gate import GateSettings, load_gate
+
+    settings = GateSettings(cfg.gate, cfg.gate_model, cfg.gate_threshold)
+    gate = load_gate(settings)
+    if gate is None:
+        return settings, {"mode": "off"}
+    desc = {"mode": cfg.gate, **gate.describe()}
+    gate.close()
+    return settings, desc
+
+
 def _check_same(prev: dict, now: dict, out: str, *, what: str) -> None:
     ps, ns = prev.get("settings") or {}, now["settings"]
     diffs = [k for k in ("model_sha256", "classes", "preprocessing") if ps.get(k) != ns.get(k)]
@@ -338,6 +361,11 @@ def _check_same(prev: dict, now: dict, out: str, *, what: str) -> None:
         raise OctbatchError(
             f"{what} was made with a different model or preprocessing ({', '.join(diffs)} differ)",
             "Pass --overwrite to start over with this model, or use another --out.",
+        )
+    if prev.get("gate") and now.get("gate") and prev["gate"] != now["gate"]:
+        raise OctbatchError(
+            f"{what} was made with other OCT gate settings ({prev['gate'].get('mode')} -> {now['gate'].get('mode')}, or another gate file or threshold)",
+            "Rerun with the same --gate/--gate-model/--gate-threshold, pass --overwrite to start over, or use another --out.",
         )
     if prev.get("archive") and prev.get("archive") != now["archive"]:
         raise OctbatchError(
@@ -471,6 +499,9 @@ def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int],
                     dropped[0] += 1
                 mask.append(keep)
             t = t.filter(pa.array(mask, pa.bool_()))
+            for name in schema.names:  # a result written before a column existed (e.g. oct_score)
+                if name not in t.column_names:
+                    t = t.append_column(schema.field(name), pa.nulls(t.num_rows, schema.field(name).type))
             if t.num_rows:
                 yield t.select(schema.names).cast(schema)
 
@@ -552,7 +583,8 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         # The model is needed only for the schema: read it from the parts' own metadata.
         md = read_metadata((wd.parts() or [out])[0])
         model = _SchemaModel(md)
-        extra = {"merged_slices": len(done), **({"phi": md["phi"]} if md.get("phi") else {})}
+        extra = {"merged_slices": len(done), **({"phi": md["phi"]} if md.get("phi") else {}),
+                 **({"gate": md["gate"]} if md.get("gate") else {})}
         rows, dropped = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra=extra)
         wd.clear_slice_markers()
     s = RunSummary(out=out, archive=archive, run_id="merge", discovered=len(discovered), rows=rows, merged=True,

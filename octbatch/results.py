@@ -27,9 +27,15 @@ __all__ = [
     "META_KEY",
     "ShardRows",
     "fsync_dir",
+    "STATUSES",
+    "PREDICTED_STATUSES",
 ]
 
 META_KEY = b"octbatch"
+# Row statuses: ok; suspect (the OCT gate flagged it, prediction kept); not_oct (gate rejected it,
+# no prediction); error (unreadable); failed (its shard failed every retry).
+STATUSES = ("ok", "suspect", "not_oct", "error", "failed")
+PREDICTED_STATUSES = ("ok", "suspect")
 COMPRESSION = "zstd"
 
 
@@ -58,6 +64,9 @@ def make_schema(classes: Sequence[str], metadata: dict | None = None) -> pa.Sche
         pa.field("decoder", pa.string()),
         pa.field("run_id", pa.string()),
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+        # The OCT gate (octbatch.gate): null when --gate off or the file could not be read.
+        pa.field("oct_score", pa.float32()),
+        pa.field("gate_reason", pa.string()),
         *PROVENANCE_FIELDS,  # frame + DICOM provenance (octbatch.frames)
     ]
     md = {META_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
@@ -70,13 +79,17 @@ class ShardRows:
     def __init__(self, classes: Sequence[str]):
         self.classes = list(classes)
         self.cols: dict[str, list] = {k: [] for k in (
-            "path", "bytes", "mtime", "label", "patient_id", "image_no", "status", "error", "width", "height", "processed_at")}
+            "path", "bytes", "mtime", "label", "patient_id", "image_no", "status", "error", "width", "height", "processed_at",
+            "oct_score", "gate_reason")}
         self.probs: list[np.ndarray] = []
         self.provenance: list[tuple] = []
 
-    def add(self, entries, probs: np.ndarray, sizes, errors, processed_at_us: int) -> None:
+    def add(self, entries, probs: np.ndarray, sizes, errors, processed_at_us: int, gate=None) -> None:
+        """gate: None (off) or (scores, reasons, mode) from octbatch.gate; a readable file with a
+        reason gets status `suspect` (mode flag: prediction kept) or `not_oct` (mode reject)."""
         c = self.cols
-        for e, size, err in zip(entries, sizes, errors):
+        scores, reasons, mode = gate if gate is not None else (None, None, "off")
+        for k, (e, size, err) in enumerate(zip(entries, sizes, errors)):
             c["path"].append(e.path)
             c["bytes"].append(e.size)
             c["mtime"].append(e.mtime_ns // 1000)
@@ -84,8 +97,15 @@ class ShardRows:
             c["label"].append(label)
             c["patient_id"].append(patient)
             c["image_no"].append(image_no)
-            c["status"].append("ok" if err is None else "error")
+            status, score, reason = ("ok" if err is None else "error"), None, None
+            if err is None and scores is not None:
+                score, reason = float(scores[k]), reasons[k]
+                if reason is not None:
+                    status = "suspect" if mode == "flag" else "not_oct"
+            c["status"].append(status)
             c["error"].append(err)
+            c["oct_score"].append(score)
+            c["gate_reason"].append(reason)
             c["width"].append(size[0] if size else None)
             c["height"].append(size[1] if size else None)
             c["processed_at"].append(processed_at_us)
@@ -100,7 +120,7 @@ def rows_to_table(rows: ShardRows, schema: pa.Schema, *, model_sha256: str, back
     n = len(rows)
     k = len(rows.classes)
     probs = np.concatenate(rows.probs, axis=0) if rows.probs else np.zeros((0, k), np.float32)
-    status_ok = np.array([s == "ok" for s in rows.cols["status"]], dtype=bool)
+    status_ok = np.array([s in PREDICTED_STATUSES for s in rows.cols["status"]], dtype=bool)
     argmax = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
     conf = probs.max(axis=1) if n else np.zeros(0, np.float32)
     classes = np.array(rows.classes, dtype=object)
@@ -133,6 +153,8 @@ def rows_to_table(rows: ShardRows, schema: pa.Schema, *, model_sha256: str, back
         "decoder": const(decoder),
         "run_id": const(run_id),
         "processed_at": pa.array(rows.cols["processed_at"], pa.timestamp("us", tz="UTC")),
+        "oct_score": pa.array(rows.cols["oct_score"], pa.float32()),
+        "gate_reason": pa.array(rows.cols["gate_reason"], pa.string()),
     })
     prov = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
     for f, values in zip(PROVENANCE_FIELDS, prov):

@@ -40,6 +40,7 @@ class WorkerConfig:
     file_metadata: dict = field(default_factory=dict)
     fault_hook: str | None = None  # tests: "fail:<shard-id-prefix>" or "exit-after:<n>"
     storage_options: dict = field(default_factory=dict)  # --storage-option, for s3:// archives
+    gate: object | None = None  # octbatch.gate.GateSettings; None: no gate (as --gate off)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ShardSummary:
     seconds: float
     part: str
     worker: str = ""
+    suspect: int = 0  # readable files the OCT gate flagged (status=suspect)
+    not_oct: int = 0  # readable files the OCT gate rejected (status=not_oct)
 
 
 class ShardWorker:
@@ -68,6 +71,13 @@ class ShardWorker:
         self.spec = self.model.preprocessing
         self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
         self.runner = make_runner(cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision).load()
+        self.gate = None
+        if cfg.gate is not None and cfg.gate.enabled:
+            from .gate import load_gate
+
+            self.gate = load_gate(cfg.gate)
+            if hasattr(self.decoder, "gate_images"):
+                self.decoder.gate_images = True  # DALI device path: also hand back the uint8 images
         # GPU path (docs/GPU.md): DALI's GPU output goes to TensorRT by device pointer, no host copy.
         self._device_path = use_device_path(self.decoder.name, getattr(self.decoder, "device", "cpu"), self.runner.name)
         self.schema = make_schema(self.model.classes, cfg.file_metadata)
@@ -146,6 +156,7 @@ class ShardWorker:
                 fut = self._submit(batches[k + 1])
             else:
                 self.prefetch(next_shard)
+            gate = self._gate(decoded)
             if self._device_path and hasattr(decoded, "device_rows"):
                 probs, errors = infer_device_batch(self.runner, decoded, self.spec, self._input, len(self.model.classes))
             else:
@@ -163,7 +174,7 @@ class ShardWorker:
             sizes = decoded.sizes
             n_bad = sum(e is not None for e in errors)
             n_err += n_bad
-            rows.add(entries, probs, sizes, errors, int(time.time() * 1e6))
+            rows.add(entries, probs, sizes, errors, int(time.time() * 1e6), gate=gate)
             if progress is not None:
                 progress(len(entries), n_bad)
         table = rows_to_table(
@@ -176,7 +187,28 @@ class ShardWorker:
         )
         part = write_part(table, parts_dir, shard.id)
         self._shards_done += 1
-        return ShardSummary(shard.id, len(rows), len(rows) - n_err, n_err, time.perf_counter() - t0, part, self.name)
+        statuses = rows.cols["status"]
+        return ShardSummary(shard.id, len(rows), len(rows) - n_err, n_err, time.perf_counter() - t0, part, self.name,
+                            suspect=statuses.count("suspect"), not_oct=statuses.count("not_oct"))
+
+    def _gate(self, decoded):
+        """(scores, reasons, mode) of the OCT gate for a decoded batch, or None when the gate is off.
+        It scores the same uint8 images the classifier gets (host images of any decoder; on the DALI
+        device path the copy DALI hands back beside the device tensor)."""
+        if self.gate is None:
+            return None
+        n = len(decoded.errors)
+        ok = decoded.ok
+        scores = np.full(n, np.nan, np.float32)
+        reasons: list = [None] * n
+        images = getattr(decoded, "gate_images", None) if hasattr(decoded, "device_rows") else decoded.images
+        if ok.any() and images is not None:
+            rows = np.flatnonzero(ok)
+            s, r = self.gate.score(images if ok.all() else images[ok])
+            scores[rows] = s
+            for j, i in enumerate(rows):
+                reasons[i] = r[j]
+        return scores, reasons, self.cfg.gate.mode
 
     def close(self) -> None:
         self._drop_ahead()
@@ -185,6 +217,8 @@ class ShardWorker:
             self._frames.close()
         self.decoder.close()
         self.runner.close()
+        if self.gate is not None:
+            self.gate.close()
 
     def __enter__(self) -> "ShardWorker":
         return self

@@ -163,7 +163,7 @@ def test_actor_killed_mid_run_loses_and_duplicates_nothing(archive, tiny_model, 
 
     out = tmp_path / "killed.parquet"
     cfg = RunConfig(archive=str(archive), out=str(out), model=tiny_model, executor="ray", workers=2, gpus_per_worker=-1.0,
-                    shard_size=SHARD, max_shard_retries=2)
+                    shard_size=SHARD, max_shard_retries=2, gate="off")  # as the CLI runs of these tests (conftest)
     s = run(cfg, KillOnFirstShard())
     ex = made[0]
     assert killed and ex.stats["deaths"] >= 1 and ex.stats["actors_started"] >= 3

@@ -62,7 +62,7 @@ def test_output_schema_and_metadata_read_back(bad_archive, tmp_path, tiny_model)
     names = pf.schema_arrow.names
     for col in ["path", "bytes", "mtime", "label", "patient_id", "image_no", "pred", "confidence", "p_CNV", "p_DME",
                 "p_DRUSEN", "p_NORMAL", "status", "error", "width", "height", "model_sha256", "backend", "precision",
-                "run_id", "processed_at"]:
+                "run_id", "processed_at", "oct_score", "gate_reason"]:
         assert col in names
     md = json.loads(pf.schema_arrow.metadata[b"octbatch"])
     assert md["classes"] == list(CLASSES)

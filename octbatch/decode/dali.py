@@ -84,12 +84,13 @@ def gpu_available() -> bool:
 
 
 def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads: int, device_id: int = 0,
-                   output: str = "uint8", hw_decoder_load: float = 0.75):
+                   output: str = "uint8", hw_decoder_load: float = 0.75, with_uint8: bool = False):
     """The one DALI pipeline octbatch uses, on `device` "cpu" (device_id=None, CPU operators) or "gpu"
     (mixed decode, GPU resize/normalise). Inputs (external_source, fed per run): `encoded` (bytes),
     `roi_start` / `roi_end` ([top, left] / [bottom, right] of the crop box, float32).
     output="uint8": (n, H, W, 1) uint8 images (what the Decoder contract returns);
-    output="float": (n, C, H, W) float32 model input normalised with the spec's mean/std."""
+    output="float": (n, C, H, W) float32 model input normalised with the spec's mean/std; with_uint8=True
+    adds a second output, the (n, H, W, 1) uint8 images before normalisation (what the OCT gate scores)."""
     from .._deps import require
 
     require("nvidia.dali", purpose="the DALI decoder")
@@ -114,6 +115,7 @@ def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads
             images = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
         images = fn.resize(images, size=[spec.height, spec.width], roi_start=roi_start, roi_end=roi_end,
                            interp_type=types.INTERP_LINEAR, antialias=True)
+        gray_u8 = images
         if output == "float":
             if spec.channels == 3:
                 images = fn.cat(images, images, images, axis=2)
@@ -123,7 +125,10 @@ def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads
                                               mean=[float(m) for m in mean], std=[float(s) for s in std])
         elif output != "uint8":
             raise ValueError(f"output must be 'uint8' or 'float', not {output!r}")
-        pipe.set_outputs(images)
+        if output == "float" and with_uint8:
+            pipe.set_outputs(images, gray_u8)
+        else:
+            pipe.set_outputs(images)
     pipe.build()
     return pipe
 
@@ -146,6 +151,7 @@ class DeviceBatch:
     sizes: list
     errors: list
     stream: int | None = None
+    gate_images: np.ndarray | None = None  # (n, H, W) uint8 of every decoded row, when the gate asked for them
     _release: Callable[[], None] | None = field(default=None, repr=False)
     _keep: tuple = field(default=(), repr=False)  # DALI handles that must outlive `ptr`
 
@@ -174,6 +180,7 @@ class _Slot:
         self.pipe = None
         self.batch_size = 0
         self.lock = threading.Lock()
+        self.last_u8 = None  # host uint8 images of the last run (when the pipeline has that output)
 
 
 class DaliDecoder:
@@ -210,6 +217,9 @@ class DaliDecoder:
         # until release) while the other pipeline decodes batch k+1 and the consumer runs batch k.
         self._device_slots = (_Slot(), _Slot())
         self._next_device_slot = 0
+        # Set by the worker when the OCT gate is on: decode_batch_device then also copies the uint8
+        # images (input_size, one byte per pixel) to the host for the gate, beside the device tensor.
+        self.gate_images = False
         self.stats = {"dali_files": 0, "cpu_files": 0, "failed_runs": 0, "recovered_files": 0, "rebuilds": 0, "builds": 0, "not_dense": 0}
         # Build the host pipeline now so a broken DALI install (or no GPU for "mixed") fails here, at start.
         self._pipe(self._host_slot, "uint8", self.batch_size)
@@ -223,7 +233,8 @@ class DaliDecoder:
             size = max(n, self.batch_size, slot.batch_size)
             try:
                 slot.pipe = build_pipeline(self.spec, device=self.device, batch_size=size, threads=self.threads,
-                                           device_id=self.device_id, output=output, hw_decoder_load=self.hw_decoder_load)
+                                           device_id=self.device_id, output=output, hw_decoder_load=self.hw_decoder_load,
+                                           with_uint8=output == "float" and self.gate_images)
             except RuntimeError as exc:
                 raise OctbatchError(f"could not build the DALI {self.device} pipeline: {str(exc).strip().splitlines()[0][:300]}",
                                     "Check the DALI install (pip install 'octbatch[dali]') and, for the GPU decoder, the NVIDIA driver; or use --decoder cpu.") from exc
@@ -233,12 +244,15 @@ class DaliDecoder:
 
     def _run(self, slot: _Slot, output: str, items: list):
         pipe = self._pipe(slot, output, len(items))
-        (out,) = pipe.run(
+        outs = pipe.run(
             encoded=[np.frombuffer(t.data, np.uint8) for t in items],
             roi_start=[t.roi[0] for t in items],
             roi_end=[t.roi[1] for t in items],
         )
-        return out
+        if len(outs) > 1:  # the gate's uint8 copy: to the host now (one byte per pixel)
+            u8 = outs[1].as_cpu() if self.device == "gpu" else outs[1]
+            slot.last_u8 = u8.as_array()[..., 0].copy()
+        return outs[0]
 
     # -- triage --------------------------------------------------------------------------------
     def _triage_one(self, path: str) -> "_Item":
@@ -347,12 +361,18 @@ class DaliDecoder:
         slot.lock.acquire()
         handed_over = False
         try:
+            slot.last_u8 = None
             out, dali_rows, cpu_rows, images, sizes, errors = self._decode(paths, slot, "float")
+            gate_images = None
+            if self.gate_images:
+                if out is not None and dali_rows and slot.last_u8 is not None:
+                    images[dali_rows] = slot.last_u8
+                gate_images = images
             if out is None or not dali_rows:
-                return DeviceBatch(len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors)
+                return DeviceBatch(len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors, gate_images=gate_images)
             tensor = out.as_tensor()  # dense (checked in _decode): every sample has the model's shape
             batch = DeviceBatch(len(paths), int(tensor.data_ptr()), dali_rows, cpu_rows, images[cpu_rows], sizes, errors,
-                                _release=slot.lock.release, _keep=(out, tensor))
+                                gate_images=gate_images, _release=slot.lock.release, _keep=(out, tensor))
             handed_over = True
             return batch
         finally:
