@@ -23,6 +23,10 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+# Also for module- and session-scoped fixtures (set up before any autouse fixture) and their subprocesses.
+os.environ["OCTBATCH_GATE"] = "off"
+
+
 @pytest.fixture(autouse=True)
 def _gate_off_unless_asked(monkeypatch):
     """The synthetic scans most tests use are cartoons, not B-scans, and the OCT gate (on by default)

@@ -47,7 +47,8 @@ def n_files(archive):
 @pytest.fixture(scope="module")
 def local_table(archive, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray-local") / "local.parquet"
-    res = invoke("run", archive, "--out", out, "--model", tiny_model, "--shard-size", SHARD, "-q")
+    # module-scoped: set up before the autouse OCTBATCH_GATE=off fixture (conftest), so the gate is turned off here
+    res = invoke("run", archive, "--out", out, "--model", tiny_model, "--shard-size", SHARD, "--gate", "off", "-q")
     assert res.exit_code == 3, res.output  # the 3 broken files
     return rows_by_path(out)
 
