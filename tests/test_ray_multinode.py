@@ -254,7 +254,7 @@ def test_archive_and_results_on_s3_through_both_nodes(archive, n_files, tiny_mod
     rows = rows_by_path(io.BytesIO(c.get_object(Bucket="mn-bucket", Key="results/run.parquet")["Body"].read()))
     assert_same_table(rows, local_table)
     left = sorted(o["Key"] for o in c.list_objects_v2(Bucket="mn-bucket", Prefix="results/")["Contents"])
-    assert left == ["results/run.parquet", "results/run.parquet.parts/run.json"]
+    assert left == ["results/run.parquet", "results/run.parquet.parts/phi.key", "results/run.parquet.parts/run.json"]  # phi.key: the per-table pseudonym key
 
 
 def test_worker_node_killed_mid_run_loses_and_duplicates_nothing(archive, n_files, tiny_model, local_table, cluster, tmp_path):
