@@ -15,13 +15,11 @@ def summarize(path: str) -> dict:
     return summary_dict(aggregate(path, details=False))
 
 
-def gate_summary(path: str, statuses: dict) -> dict:
+def gate_summary(path: str, statuses: dict, metadata: dict | None) -> dict:
     """The OCT gate's mode (table metadata) and the flagged files per reason; only flagged rows are read."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    from ..results import read_metadata
 
     by_reason: dict[str, list] = {}
     pf = pq.ParquetFile(path)
@@ -31,8 +29,7 @@ def gate_summary(path: str, statuses: dict) -> dict:
             sub = b.filter(m)
             for p_, r in zip(sub.column(0).to_pylist(), sub.column(2).to_pylist()):
                 by_reason.setdefault(r or "flagged", []).append(p_)
-    md = read_metadata(path) or {}
-    return {"mode": (md.get("gate") or {}).get("mode", "off"), "suspect": statuses.get("suspect", 0),
+    return {"mode": ((metadata or {}).get("gate") or {}).get("mode", "off"), "suspect": statuses.get("suspect", 0),
             "not_oct": statuses.get("not_oct", 0), "by_reason": {k: sorted(v) for k, v in by_reason.items()}}
 
 
@@ -46,7 +43,7 @@ def summary_dict(a: Aggregate) -> dict:
     predicted.update({c: n for c, n in a.predicted.items() if c not in predicted})
     out = {"path": a.path, "rows": a.rows, "ok": a.ok, "not_ok": a.rows - a.ok, "statuses": dict(sorted(a.statuses.items())),
            "errors": errors, "predicted": predicted, "classes": a.classes, "labelled": a.labelled}
-    out["gate"] = gate_summary(a.path, out["statuses"])
+    out["gate"] = gate_summary(a.path, out["statuses"], a.metadata)
     out["not_ok"] -= out["gate"]["suspect"] + out["gate"]["not_oct"]
     if a.labelled:
         out["accuracy"] = a.accuracy
