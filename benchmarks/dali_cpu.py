@@ -37,19 +37,35 @@ def link_archive(src: Path, dst: Path, n: int) -> None:
 def decode_rate(dec, paths, repeats: int, fn=None) -> float:
     fn = fn or dec.decode_batch
     for i in range(0, len(paths), 64):  # warm-up pass (page cache, pipeline build)
-        fn(paths[i:i + 64])
+        fn(paths[i : i + 64])
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
         for i in range(0, len(paths), 64):
-            fn(paths[i:i + 64])
+            fn(paths[i : i + 64])
         rates.append(len(paths) / (time.perf_counter() - t))
     return statistics.median(rates)
 
 
 def run_rate(archive: str, out: str, model: str, decoder: str, threads: int) -> float:
-    cmd = [sys.executable, "-m", "octbatch", "run", archive, "--out", out, "--overwrite", "--model", model,
-           "--decoder", decoder, "-j", str(threads), "--json", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "octbatch",
+        "run",
+        archive,
+        "--out",
+        out,
+        "--overwrite",
+        "--model",
+        model,
+        "--decoder",
+        decoder,
+        "-j",
+        str(threads),
+        "--json",
+        "-q",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode not in (0, 3):
         raise RuntimeError(p.stderr[-500:])
@@ -77,8 +93,13 @@ def main() -> None:
         archive = Path(tmp) / "archive"
         link_archive(Path(a.archive), archive, a.files)
         paths = [e.abspath for e in discover(archive)]
-        res = {"files": len(paths), "threads": a.threads, "dali": nvidia.dali.__version__, "model": Path(a.model).name,
-               "input_size": list(spec.input_size)}
+        res = {
+            "files": len(paths),
+            "threads": a.threads,
+            "dali": nvidia.dali.__version__,
+            "model": Path(a.model).name,
+            "input_size": list(spec.input_size),
+        }
         with CpuDecoder(spec, threads=a.threads) as cpu, DaliDecoder(spec, threads=a.threads, batch_size=64) as dali:
             res["decode_cpu_img_per_s"] = round(decode_rate(cpu, paths, a.repeats))
             res["decode_dali_cpu_img_per_s"] = round(decode_rate(dali, paths, a.repeats))

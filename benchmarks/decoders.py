@@ -62,7 +62,9 @@ def pillow_draft(data, spec):
     w0, h0 = im.size
     im.draft("L", dct_min_size(w0, h0, spec))
     im = im.convert("L")
-    return np.asarray(im.crop(_scaled_box(w0, h0, im.width, im.height, spec)).resize((spec.width, spec.height), Image.BOX))
+    return np.asarray(
+        im.crop(_scaled_box(w0, h0, im.width, im.height, spec)).resize((spec.width, spec.height), Image.BOX)
+    )
 
 
 def simplejpeg_cv2(data, spec):
@@ -86,7 +88,12 @@ def cv2_reduced2(data, spec):
     return cv2.resize(img[t:b, l:r], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
 
 
-METHODS = {"pillow-full": pillow_full, "pillow-draft": pillow_draft, "simplejpeg-dct+cv2": simplejpeg_cv2, "cv2-reduced2": cv2_reduced2}
+METHODS = {
+    "pillow-full": pillow_full,
+    "pillow-draft": pillow_draft,
+    "simplejpeg-dct+cv2": simplejpeg_cv2,
+    "cv2-reduced2": cv2_reduced2,
+}
 
 
 def _read(path):
@@ -107,7 +114,7 @@ def _cycling(batches, run_batch):
 
 
 def bench_method(fn, files, spec, threads, *, min_seconds, repeats, batch=64):
-    batches = [files[i:i + batch] for i in range(0, len(files), batch)]
+    batches = [files[i : i + batch] for i in range(0, len(files), batch)]
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def one(p):
@@ -134,7 +141,7 @@ def bench_dali(files, spec, threads, *, min_seconds, repeats, batch=64):
 
     pipe = pipe_def()
     pipe.build()
-    batches = [files[i:i + batch] for i in range(0, len(files) - batch + 1, batch)]
+    batches = [files[i : i + batch] for i in range(0, len(files) - batch + 1, batch)]
 
     def run_batch(b):
         pipe.feed_input("jpegs", [np.frombuffer(_read(p), np.uint8) for p in b])
@@ -172,14 +179,20 @@ def main(argv=None):
     spec = Preprocessing(input_size=(a.size, a.size))
     threads = [int(t) for t in a.threads.split(",")]
     sizes = [os.path.getsize(p) for p in files]
-    print(f"# {len(files)} JPEGs from {root} (median {np.median(sizes) / 1e3:.0f} KB), output {a.size}x{a.size} centre crop", file=sys.stderr)
+    print(
+        f"# {len(files)} JPEGs from {root} (median {np.median(sizes) / 1e3:.0f} KB), output {a.size}x{a.size} centre crop",
+        file=sys.stderr,
+    )
     rows = []
     for name, fn in METHODS.items():
         mean_d, max_d = parity(fn, files, spec)
         for t in threads:
             st = bench_method(fn, files, spec, t, min_seconds=a.min_seconds, repeats=a.repeats)
             rows.append({"method": name, "threads": t, **st, "parity_mean_abs": mean_d, "parity_max_abs": max_d})
-            print(f"{name:20s} x{t}: {st['median']:7.0f} img/s ({st['min']:.0f}-{st['max']:.0f})  vs reference: mean |d| {mean_d:.2f}, max {max_d}", file=sys.stderr)
+            print(
+                f"{name:20s} x{t}: {st['median']:7.0f} img/s ({st['min']:.0f}-{st['max']:.0f})  vs reference: mean |d| {mean_d:.2f}, max {max_d}",
+                file=sys.stderr,
+            )
     try:
         import nvidia.dali  # noqa: F401
 
@@ -194,13 +207,32 @@ def main(argv=None):
                 st, out = bench_dali(files, spec, t, min_seconds=a.min_seconds, repeats=a.repeats)
                 ref = np.stack([decode_reference(_read(p), spec)[0] for p in files[:64]])
                 d = np.abs(np.stack(out).astype(np.int16) - ref.astype(np.int16))
-                rows.append({"method": "dali-cpu", "threads": t, **st, "parity_mean_abs": float(d.mean()), "parity_max_abs": int(d.max())})
-                print(f"{'dali-cpu':20s} x{t}: {st['median']:7.0f} img/s  vs reference: mean |d| {d.mean():.2f}", file=sys.stderr)
+                rows.append(
+                    {
+                        "method": "dali-cpu",
+                        "threads": t,
+                        **st,
+                        "parity_mean_abs": float(d.mean()),
+                        "parity_max_abs": int(d.max()),
+                    }
+                )
+                print(
+                    f"{'dali-cpu':20s} x{t}: {st['median']:7.0f} img/s  vs reference: mean |d| {d.mean():.2f}",
+                    file=sys.stderr,
+                )
             except Exception as exc:  # noqa: BLE001 - record, keep the other rows
                 rows.append({"method": "dali-cpu", "threads": t, "error": f"{type(exc).__name__}: {exc}"[:500]})
                 print(f"dali-cpu x{t}: failed {type(exc).__name__}: {exc}"[:300], file=sys.stderr)
-    res = {"machine": machine_facts(), "versions": library_versions(), "archive": str(root), "files": len(files),
-           "size": a.size, "min_seconds": a.min_seconds, "repeats": a.repeats, "rows": rows}
+    res = {
+        "machine": machine_facts(),
+        "versions": library_versions(),
+        "archive": str(root),
+        "files": len(files),
+        "size": a.size,
+        "min_seconds": a.min_seconds,
+        "repeats": a.repeats,
+        "rows": rows,
+    }
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1))
@@ -209,11 +241,15 @@ def main(argv=None):
     for r in rows:
         if "median" in r:
             by.setdefault(r["method"], {})[r["threads"]] = r
-    print(f"| method | {' | '.join(f'{t} thread(s) img/s' for t in threads)} | vs Pillow full-res reference: mean / max abs diff |")
+    print(
+        f"| method | {' | '.join(f'{t} thread(s) img/s' for t in threads)} | vs Pillow full-res reference: mean / max abs diff |"
+    )
     print("|---|" + "---|" * len(threads) + "---|")
     for m, d in by.items():
         any_r = next(iter(d.values()))
-        cells = " | ".join(f"{d[t]['median']:,.0f} ({d[t]['min']:,.0f}-{d[t]['max']:,.0f})" if t in d else "–" for t in threads)
+        cells = " | ".join(
+            f"{d[t]['median']:,.0f} ({d[t]['min']:,.0f}-{d[t]['max']:,.0f})" if t in d else "–" for t in threads
+        )
         print(f"| {m} | {cells} | {any_r['parity_mean_abs']:.2f} / {any_r['parity_max_abs']} |")
     for r in rows:
         if "skipped" in r or "error" in r:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("OCTBATCH_DATA", REPO.parent / "shared" / "data" / "oct2017"))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 
 def _scans(n):
@@ -35,21 +35,23 @@ def _scans(n):
             if (r["width"], r["height"]) == ("512", "496"):
                 out.append(str(DATA / r["path"]))
     if len(out) < n:
-        out = (out * (n // len(out) + 1))
+        out = out * (n // len(out) + 1)
     return out[:n]
 
 
 def _child_run(archive, out, extra=()):
-    code = ("import json,resource,sys\nfrom octbatch.config import RunConfig\nfrom octbatch.pipeline import run\n"
-            f"s=run(RunConfig(archive={str(archive)!r}, out={str(out)!r}, overwrite=True{''.join(', ' + e for e in extra)}))\n"
-            "print(json.dumps({'fps': s.files_per_second, 'rows': s.rows, 'errors': s.errors, 'seconds': s.seconds,"
-            " 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))")
+    code = (
+        "import json,resource,sys\nfrom octbatch.config import RunConfig\nfrom octbatch.pipeline import run\n"
+        f"s=run(RunConfig(archive={str(archive)!r}, out={str(out)!r}, overwrite=True{''.join(', ' + e for e in extra)}))\n"
+        "print(json.dumps({'fps': s.files_per_second, 'rows': s.rows, 'errors': s.errors, 'seconds': s.seconds,"
+        " 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def e2e(args):
-    import dicomgen as g
+    import tests.helpers.dicomgen as g
 
     scans = _scans(args.scans)
     tmp = Path(tempfile.mkdtemp(prefix="octbatch-dicom-bench-"))
@@ -62,7 +64,7 @@ def e2e(args):
         for fpv in args.frames_per_volume:
             d = tmp / f"dicom{fpv}"
             for k in range(0, len(scans), fpv):
-                g.jpeg_volume(str(d / f"v{k // fpv:05d}.dcm"), scans[k:k + fpv])
+                g.jpeg_volume(str(d / f"v{k // fpv:05d}.dcm"), scans[k : k + fpv])
             archives[f"dicom, {fpv} frames/volume"] = d
         res = {name: [] for name in archives}
         _child_run(jp, tmp / "warm.parquet")  # warm page cache and imports
@@ -74,14 +76,18 @@ def e2e(args):
         print("|---|---|---|---|---|")
         for name, rs in res.items():
             med = statistics.median(r["fps"] for r in rs)
-            print(f"| {name} | {' / '.join(str(round(r['fps'])) for r in rs)} | {med:.0f} | {med / base:.2f} | "
-                  f"{statistics.median(r['rss_mib'] for r in rs):.0f} |")
+            print(
+                f"| {name} | {' / '.join(str(round(r['fps'])) for r in rs)} | {med:.0f} | {med / base:.2f} | "
+                f"{statistics.median(r['rss_mib'] for r in rs):.0f} |"
+            )
             assert all(r["errors"] == 0 and r["rows"] == len(scans) for r in rs)
         # the machine's load drifts between rounds: the ratio within each round is the robust figure
         for name, rs in res.items():
             if name != "jpeg files":
                 paired = [r["fps"] / b["fps"] for r, b in zip(rs, res["jpeg files"])]
-                print(f"{name}: per-round ratios {' '.join(f'{x:.2f}' for x in paired)}, median {statistics.median(paired):.2f}")
+                print(
+                    f"{name}: per-round ratios {' '.join(f'{x:.2f}' for x in paired)}, median {statistics.median(paired):.2f}"
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -123,17 +129,28 @@ def discovery(args):
         (root / ".complete").write_text("")
         print(f"made {args.files} empty files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     before = Path(tempfile.mkdtemp()) / "archive_before.py"
-    before.write_text(subprocess.run(["git", "-C", str(REPO), "show", "main:octbatch/archive.py"], capture_output=True, text=True, check=True).stdout)
+    before.write_text(
+        subprocess.run(
+            ["git", "-C", str(REPO), "show", "main:octbatch/archive.py"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     before.with_name("__init__.py").write_text("")
     res = {"before": [], "after": []}
     for _ in range(args.repeats):
         for mode in ("before", "after"):
-            p = subprocess.run([sys.executable, "-c", _DISC_CHILD, mode, str(root), str(before)], capture_output=True, text=True, check=True,
-                               cwd=str(REPO))
+            p = subprocess.run(
+                [sys.executable, "-c", _DISC_CHILD, mode, str(root), str(before)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=str(REPO),
+            )
             res[mode].append(json.loads(p.stdout))
     for mode, rs in res.items():
-        print(f"{mode}: n={rs[0]['n']} s={[round(r['s'], 2) for r in rs]} median={statistics.median(r['s'] for r in rs):.2f} "
-              f"rss={statistics.median(r['rss_mib'] for r in rs):.0f} MiB")
+        print(
+            f"{mode}: n={rs[0]['n']} s={[round(r['s'], 2) for r in rs]} median={statistics.median(r['s'] for r in rs):.2f} "
+            f"rss={statistics.median(r['rss_mib'] for r in rs):.0f} MiB"
+        )
     b, a = (statistics.median(r["s"] for r in res[m]) for m in ("before", "after"))
     print(f"ratio after/before: {a / b:.3f}")
 

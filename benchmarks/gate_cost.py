@@ -25,8 +25,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run_rate(archive: str, out: str, gate: str, threads: int) -> float:
-    cmd = [sys.executable, "-m", "octbatch", "run", archive, "--out", out, "--overwrite", "--decoder", "cpu",
-           "--gate", gate, "-j", str(threads), "--json", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "octbatch",
+        "run",
+        archive,
+        "--out",
+        out,
+        "--overwrite",
+        "--decoder",
+        "cpu",
+        "--gate",
+        gate,
+        "-j",
+        str(threads),
+        "--json",
+        "-q",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode not in (0, 3):
         raise RuntimeError(p.stderr[-500:])
@@ -42,8 +58,8 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
-
     from dali_cpu import link_archive
+
     from octbatch.backends import make_runner
     from octbatch.bench import machine_facts, measure_rate
     from octbatch.decode.cpu import CpuDecoder
@@ -62,14 +78,18 @@ def main() -> None:
         gate = Gate()
         x = np.empty((64, 1, *info.preprocessing.input_size), np.float32)
         with make_runner("onnxruntime", info, threads=a.threads) as runner:
-            result["classifier_only_img_per_s"] = measure_rate(lambda: len(runner.infer(normalize_into(x, batch, info.preprocessing))))
+            result["classifier_only_img_per_s"] = measure_rate(
+                lambda: len(runner.infer(normalize_into(x, batch, info.preprocessing)))
+            )
         result["gate_only_img_per_s"] = measure_rate(lambda: len(gate.score(batch)[0]))
         runs = {"off": [], "flag": []}
         run_rate(str(arch), str(Path(tmp) / "warm.parquet"), "off", a.threads)  # page cache, imports
         for _ in range(a.repeats):
             for mode in ("off", "flag"):
                 runs[mode].append(run_rate(str(arch), str(Path(tmp) / f"{mode}.parquet"), mode, a.threads))
-        result["end_to_end_files_per_s"] = {m: {"runs": [round(v, 1) for v in r], "median": round(statistics.median(r), 1)} for m, r in runs.items()}
+        result["end_to_end_files_per_s"] = {
+            m: {"runs": [round(v, 1) for v in r], "median": round(statistics.median(r), 1)} for m, r in runs.items()
+        }
         result["flag_over_off"] = round(statistics.median(runs["flag"]) / statistics.median(runs["off"]), 3)
         result["pairwise_ratios"] = [round(f / o, 3) for o, f in zip(runs["off"], runs["flag"])]
     print(json.dumps(result, indent=1))

@@ -66,7 +66,7 @@ def classifier_features(model_path, imgs, spec):
     x = np.empty((256, spec.channels, spec.height, spec.width), np.float32)
     F, L = [], []
     for i in range(0, len(imgs), 256):
-        xb = normalize_into(x, imgs[i:i + 256], spec)
+        xb = normalize_into(x, imgs[i : i + 256], spec)
         lo, fe = sess.run(outs, {sess.get_inputs()[0].name: xb})
         F.append(fe.reshape(len(xb), -1))
         L.append(lo)
@@ -83,10 +83,21 @@ def summarize(name, val, rep, rep_items, neg, neg_items, threshold, higher_is_oc
         by_split.setdefault(it.split, []).append(f)
     for it, f in zip(neg_items, flagged(neg)):
         by_cat.setdefault(it.category, []).append(f)
-    return {"method": name, "threshold": float(threshold), "validation_false_flag": float(flagged(val).mean()),
-            "report_only_false_flag": {"all": float(flagged(rep).mean()), "flagged": int(flagged(rep).sum()), "n": len(rep),
-                                       **{k: float(np.mean(v)) for k, v in by_split.items()}},
-            "non_oct_caught": {"all": float(flagged(neg).mean()), **{k: float(np.mean(v)) for k, v in sorted(by_cat.items())}}}
+    return {
+        "method": name,
+        "threshold": float(threshold),
+        "validation_false_flag": float(flagged(val).mean()),
+        "report_only_false_flag": {
+            "all": float(flagged(rep).mean()),
+            "flagged": int(flagged(rep).sum()),
+            "n": len(rep),
+            **{k: float(np.mean(v)) for k, v in by_split.items()},
+        },
+        "non_oct_caught": {
+            "all": float(flagged(neg).mean()),
+            **{k: float(np.mean(v)) for k, v in sorted(by_cat.items())},
+        },
+    }
 
 
 def main(argv=None):
@@ -121,7 +132,7 @@ def main(argv=None):
 
     # b) classifier feature space
     F, L = classifier_features(info.path, np.concatenate([oct_imgs, neg_imgs]), spec)
-    Fo, Fn, Lo, Ln = F[:len(oct_imgs)], F[len(oct_imgs):], L[:len(oct_imgs)], L[len(oct_imgs):]
+    Fo, Fn, Lo, Ln = F[: len(oct_imgs)], F[len(oct_imgs) :], L[: len(oct_imgs)], L[len(oct_imgs) :]
     mu = Fo[trn].mean(0)
     cov = np.cov((Fo[trn] - mu).T) + 1e-3 * np.eye(F.shape[1])
     icov = np.linalg.inv(cov)
@@ -131,19 +142,48 @@ def main(argv=None):
         return np.einsum("ij,jk,ik->i", d, icov, d)
 
     dv = maha(Fo[val])
-    results.append(summarize("b) classifier Mahalanobis (penultimate layer)", dv, maha(Fo[rep]), rep_items, maha(Fn), neg_items,
-                             float(np.quantile(dv, 0.998)), higher_is_oct=False))
+    results.append(
+        summarize(
+            "b) classifier Mahalanobis (penultimate layer)",
+            dv,
+            maha(Fo[rep]),
+            rep_items,
+            maha(Fn),
+            neg_items,
+            float(np.quantile(dv, 0.998)),
+            higher_is_oct=False,
+        )
+    )
 
     def energy(Lg):
         m = Lg.max(1, keepdims=True)
         return -(m[:, 0] + np.log(np.exp(Lg - m).sum(1)))
 
     ev = energy(Lo[val])
-    results.append(summarize("b) classifier energy score (logits)", ev, energy(Lo[rep]), rep_items, energy(Ln), neg_items,
-                             float(np.quantile(ev, 0.998)), higher_is_oct=False))
-    msp = lambda Lg: (np.exp(Lg - Lg.max(1, keepdims=True)) / np.exp(Lg - Lg.max(1, keepdims=True)).sum(1, keepdims=True)).max(1)  # noqa: E731
+    results.append(
+        summarize(
+            "b) classifier energy score (logits)",
+            ev,
+            energy(Lo[rep]),
+            rep_items,
+            energy(Ln),
+            neg_items,
+            float(np.quantile(ev, 0.998)),
+            higher_is_oct=False,
+        )
+    )
+
+    def msp(Lg):
+        return (
+            np.exp(Lg - Lg.max(1, keepdims=True)) / np.exp(Lg - Lg.max(1, keepdims=True)).sum(1, keepdims=True)
+        ).max(1)  # noqa: E731
+
     mv = msp(Lo[val])
-    results.append(summarize("b) classifier max softmax", mv, msp(Lo[rep]), rep_items, msp(Ln), neg_items, float(np.quantile(mv, 0.002))))
+    results.append(
+        summarize(
+            "b) classifier max softmax", mv, msp(Lo[rep]), rep_items, msp(Ln), neg_items, float(np.quantile(mv, 0.002))
+        )
+    )
 
     # c) statistics + logistic regression, one fit per held-out source
     gv_oct, gv_neg = gate_input(oct_imgs), gate_input(neg_imgs)
@@ -167,8 +207,15 @@ def main(argv=None):
             val_scores.append(f(S_oct[val]))
             rep_scores.append(f(S_oct[rep]))
         sv, sr = np.mean(val_scores, 0), np.mean(rep_scores, 0)
-        r = summarize(f"c) image statistics + logistic regression (held-out {by})", sv, sr, rep_items, neg_scores, neg_items,
-                      min(0.5, float(np.quantile(sv, 0.002))))
+        r = summarize(
+            f"c) image statistics + logistic regression (held-out {by})",
+            sv,
+            sr,
+            rep_items,
+            neg_scores,
+            neg_items,
+            min(0.5, float(np.quantile(sv, 0.002))),
+        )
         r["missed"] = [f"{it.rel} ({v:.3f})" for it, v in zip(neg_items, neg_scores) if v >= r["threshold"]]
         r["non_oct_scores"] = [round(float(v), 4) for v in neg_scores]
         results.append(r)
@@ -176,11 +223,19 @@ def main(argv=None):
     if a.gate_metrics:
         gm = json.load(open(a.gate_metrics))
         h = gm.get("non_oct_caught_holding_out_source", {})
-        results.append({"method": "a) gate CNN (held-out source; octbatch train-gate --holdout)", "threshold": gm["threshold"],
-                        "validation_false_flag": gm["validation_false_flag"],
-                        "report_only_false_flag": gm["report_only_false_flags_classifier_rule"],
-                        "non_oct_caught": {k.split(":", 1)[-1]: (v["rate"] if isinstance(v, dict) else v) for k, v in h.items()
-                                           if k == "all" or k.startswith("category:")}})
+        results.append(
+            {
+                "method": "a) gate CNN (held-out source; octbatch train-gate --holdout)",
+                "threshold": gm["threshold"],
+                "validation_false_flag": gm["validation_false_flag"],
+                "report_only_false_flag": gm["report_only_false_flags_classifier_rule"],
+                "non_oct_caught": {
+                    k.split(":", 1)[-1]: (v["rate"] if isinstance(v, dict) else v)
+                    for k, v in h.items()
+                    if k == "all" or k.startswith("category:")
+                },
+            }
+        )
     for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "non_oct_scores"}), file=sys.stderr)
     out = {"seconds": round(time.perf_counter() - t0, 1), "model": info.path, "results": results}

@@ -72,7 +72,9 @@ def require_good(stage: str, good: int, total: int, what: str = "scans decoded")
     if total <= 0:
         raise StageFailed(f"{stage}: no input files")
     if good <= 0:
-        raise StageFailed(f"{stage}: 0 of {total} {what}; every row was an error (is simplejpeg installed? see the env check)")
+        raise StageFailed(
+            f"{stage}: 0 of {total} {what}; every row was an error (is simplejpeg installed? see the env check)"
+        )
 
 
 def _on_alarm(signum, frame):
@@ -90,7 +92,9 @@ def attempt(name: str, fn):
     try:
         out = fn()
     except Exception as exc:  # noqa: BLE001 - report and go on
-        out = record(name, "failed", error=f"{type(exc).__name__}: {str(exc)[:400]}", trace=traceback.format_exc(limit=4)[-1500:])
+        out = record(
+            name, "failed", error=f"{type(exc).__name__}: {str(exc)[:400]}", trace=traceback.format_exc(limit=4)[-1500:]
+        )
     finally:
         signal.alarm(0)
     out.setdefault("seconds", round(time.perf_counter() - t, 1))
@@ -108,8 +112,12 @@ def try_import(mod: str):
 def check_env() -> dict:
     info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         info["gpus"] = [line.strip() for line in q.stdout.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError) as exc:
         info["gpus"] = []
@@ -119,12 +127,28 @@ def check_env() -> dict:
     info["cuda_devices"] = cuda_device_count()
     pieces = {}
     warnings.simplefilter("ignore", DeprecationWarning)  # click warns about __version__
-    for mod in ("numpy", "onnxruntime", "onnx", "simplejpeg", "cv2", "PIL", "pyarrow", "click", "torch", "torchvision",
-                "nvidia.dali", "tensorrt", "cuda", "cupy"):
+    for mod in (
+        "numpy",
+        "onnxruntime",
+        "onnx",
+        "simplejpeg",
+        "cv2",
+        "PIL",
+        "pyarrow",
+        "click",
+        "torch",
+        "torchvision",
+        "nvidia.dali",
+        "tensorrt",
+        "cuda",
+        "cupy",
+    ):
         m, err = try_import(mod)
         pieces[mod] = getattr(m, "__version__", "present") if m else f"absent ({err})"
     torch, _ = try_import("torch")
-    pieces["torch.cuda"] = (torch.cuda.is_available() and torch.cuda.get_device_name(0)) or "absent" if torch else "absent"
+    pieces["torch.cuda"] = (
+        (torch.cuda.is_available() and torch.cuda.get_device_name(0)) or "absent" if torch else "absent"
+    )
     info["pieces"] = pieces
     return record("env", "ok", **info)
 
@@ -140,7 +164,9 @@ def prepare_archive(arg: str, files: int, tmp: Path) -> tuple[str, str, int]:
     src = Path(arg)
     if not src.is_dir():
         raise SystemExit(f"gpu_check: --archive {arg} is not a folder")
-    scans = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".tif", ".tiff") and p.is_file())
+    scans = sorted(
+        p for p in src.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".tif", ".tiff") and p.is_file()
+    )
     if not scans:
         raise SystemExit(f"gpu_check: no scans under {src}")
     dst = tmp / "archive"
@@ -159,8 +185,8 @@ def model_path(tmp: Path) -> str:
     shipped = REPO / "octbatch" / "models" / "oct4-default.onnx"
     if shipped.exists():
         return str(shipped)
-    sys.path.insert(0, str(REPO / "tests"))
-    from modelgen import tiny_classifier
+    sys.path.insert(0, str(REPO))
+    from tests.helpers.modelgen import tiny_classifier
 
     return tiny_classifier(tmp / "tiny128.onnx", classes=("CNV", "DME", "DRUSEN", "NORMAL"), size=128)
 
@@ -185,13 +211,21 @@ def check_cpu_decode(archive: str, model: str) -> dict:
         n = 0
         first_error = None
         for i in range(0, len(paths), 256):
-            b = dec.decode_batch(paths[i:i + 256])
+            b = dec.decode_batch(paths[i : i + 256])
             n += int(b.ok.sum())
             first_error = first_error or next((e for e in b.errors if e), None)
         dt = time.perf_counter() - t
     require_good("cpu_decode", n, len(paths))
-    return record("cpu_decode", "ok", files=len(paths), decoded=n, errors=len(paths) - n, first_error=first_error,
-                  img_per_s=round(n / dt), threads=os.cpu_count())
+    return record(
+        "cpu_decode",
+        "ok",
+        files=len(paths),
+        decoded=n,
+        errors=len(paths) - n,
+        first_error=first_error,
+        img_per_s=round(n / dt),
+        threads=os.cpu_count(),
+    )
 
 
 def check_dali_mixed(archive: str, model: str, device: str = "gpu") -> dict:
@@ -206,25 +240,41 @@ def check_dali_mixed(archive: str, model: str, device: str = "gpu") -> dict:
         return record("dali_mixed", "absent", reason="DALI present but no CUDA GPU visible")
     parity = verify_preprocessing(archive, model=model, limit=1024, batch_size=256, device=device)
     parity.pop("mismatched", None)
-    require_good("dali_mixed parity", int(parity.get("compared") or 0), int(parity.get("files") or 0), "scans decoded by both DALI and the CPU decoder")
+    require_good(
+        "dali_mixed parity",
+        int(parity.get("compared") or 0),
+        int(parity.get("files") or 0),
+        "scans decoded by both DALI and the CPU decoder",
+    )
     spec = load_model_info(model).preprocessing
     paths = paths_of(archive)
     speeds = {}
     for load in (0.65, 0.9):
-        with DaliDecoder(spec, threads=min(8, os.cpu_count() or 2), device=device, batch_size=256, hw_decoder_load=load) as dec:
+        with DaliDecoder(
+            spec, threads=min(8, os.cpu_count() or 2), device=device, batch_size=256, hw_decoder_load=load
+        ) as dec:
             dec.decode_batch_device(paths[:256]).release()  # warm-up and build
             t = time.perf_counter()
             good = 0
             for i in range(0, len(paths), 256):
-                b = dec.decode_batch_device(paths[i:i + 256])
+                b = dec.decode_batch_device(paths[i : i + 256])
                 good += len(b.device_rows) + int(b.ok[b.host_rows].sum()) if b.host_rows else len(b.device_rows)
                 b.release()
             speeds[str(load)] = round(good / (time.perf_counter() - t))
             require_good(f"dali_mixed (hw_decoder_load {load})", good, len(paths))
             stats = dict(dec.stats)
     best = max(speeds.values())
-    return record("dali_mixed", "ok", device=device, parity=parity, files=len(paths), decoded=good, decode_img_per_s_by_hw_load=speeds,
-                  decode_img_per_s=best, stats=stats)
+    return record(
+        "dali_mixed",
+        "ok",
+        device=device,
+        parity=parity,
+        files=len(paths),
+        decoded=good,
+        decode_img_per_s_by_hw_load=speeds,
+        decode_img_per_s=best,
+        stats=stats,
+    )
 
 
 def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
@@ -250,9 +300,12 @@ def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
     require_good("tensorrt (input scans from the CPU decoder)", int(b.ok.sum()), len(b.ok))
     imgs = b.images[b.ok]
     x = normalize_into(np.empty((len(imgs), spec.channels, spec.height, spec.width), np.float32), imgs, spec)
-    with OnnxRuntimeRunner(info, threads=os.cpu_count() or 2) as ort, TensorRTRunner(info, engine_path=engine, precision="fp16") as trt:
-        ref = np.concatenate([ort.infer(x[i:i + 256]) for i in range(0, len(x), 256)])
-        got = np.concatenate([trt.infer(x[i:i + 256]) for i in range(0, len(x), 256)])
+    with (
+        OnnxRuntimeRunner(info, threads=os.cpu_count() or 2) as ort,
+        TensorRTRunner(info, engine_path=engine, precision="fp16") as trt,
+    ):
+        ref = np.concatenate([ort.infer(x[i : i + 256]) for i in range(0, len(x), 256)])
+        got = np.concatenate([trt.infer(x[i : i + 256]) for i in range(0, len(x), 256)])
         xb = np.ascontiguousarray(x[:256]) if len(x) >= 256 else np.resize(x, (256, *x.shape[1:]))
         host_ips = _rate(lambda: trt.infer(xb), 256)
         device_ips = None
@@ -262,9 +315,18 @@ def check_tensorrt(archive: str, model: str, tmp: Path) -> dict:
             device_ips = _rate(lambda: trt.infer_device(xd.data_ptr(), 256, None), 256)
     agree = int((ref.argmax(1) == got.argmax(1)).sum())
     require_good("tensorrt", agree, len(x), "engine predictions agreeing with ONNX Runtime")
-    return record("tensorrt", "ok", build_seconds=round(build_s, 1), engine=engine, compared=len(x), tensorrt_version=built.fingerprint["machine"].get("tensorrt"),
-                  top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()), prob_max_diff=float(np.abs(ref - got).max()),
-                  infer_img_per_s_host_input=round(host_ips), infer_img_per_s_device_input=round(device_ips) if device_ips else None)
+    return record(
+        "tensorrt",
+        "ok",
+        build_seconds=round(build_s, 1),
+        engine=engine,
+        compared=len(x),
+        tensorrt_version=built.fingerprint["machine"].get("tensorrt"),
+        top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
+        prob_max_diff=float(np.abs(ref - got).max()),
+        infer_img_per_s_host_input=round(host_ips),
+        infer_img_per_s_device_input=round(device_ips) if device_ips else None,
+    )
 
 
 def _rate(fn, n: int, warmup: int = 3, repeats: int = 20) -> float:
@@ -288,12 +350,25 @@ def check_torch_cuda(archive: str, model: str) -> dict:
 
     info = load_model_info(model)
     spec = info.preprocessing
-    net = build_model(len(info.classes), channels=spec.channels).cuda().eval().half().to(memory_format=torch.channels_last)
-    out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-           "note": "the shipped architecture with random weights (inference speed does not depend on the weights)"}
+    net = (
+        build_model(len(info.classes), channels=spec.channels)
+        .cuda()
+        .eval()
+        .half()
+        .to(memory_format=torch.channels_last)
+    )
+    out = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "note": "the shipped architecture with random weights (inference speed does not depend on the weights)",
+    }
     with torch.inference_mode():
         for bs in (256, 1024):
-            x = torch.randn(bs, spec.channels, spec.height, spec.width, device="cuda").half().to(memory_format=torch.channels_last)
+            x = (
+                torch.randn(bs, spec.channels, spec.height, spec.width, device="cuda")
+                .half()
+                .to(memory_format=torch.channels_last)
+            )
 
             def step(x=x):
                 net(x)
@@ -311,7 +386,7 @@ def check_torch_cuda(archive: str, model: str) -> dict:
             def dec():
                 n = 0
                 for i in range(0, len(datas), 256):
-                    n += len(decode_jpeg(datas[i:i + 256], device="cuda"))
+                    n += len(decode_jpeg(datas[i : i + 256], device="cuda"))
                 torch.cuda.synchronize()
                 return n
 
@@ -338,8 +413,15 @@ def _octbatch_run(archive: str, out: Path, *extra: str) -> dict:
     good = int(s.get("ok") if s.get("ok") is not None else processed - errors)
     require_good(f"end_to_end {' '.join(extra)}", good, processed, "scans classified")
     seconds = float(s.get("seconds") or 0)
-    return {"files": processed, "ok": good, "errors": errors, "files_per_s": round(good / seconds) if seconds else 0,
-            "seconds": round(seconds, 1), "decoder": s.get("decoder"), "backend": s.get("backend")}
+    return {
+        "files": processed,
+        "ok": good,
+        "errors": errors,
+        "files_per_s": round(good / seconds) if seconds else 0,
+        "seconds": round(seconds, 1),
+        "decoder": s.get("decoder"),
+        "backend": s.get("backend"),
+    }
 
 
 def check_end_to_end(archive: str, model: str, tmp: Path) -> dict:
@@ -348,21 +430,43 @@ def check_end_to_end(archive: str, model: str, tmp: Path) -> dict:
             return record("end_to_end", "absent", reason=f"{mod} missing: octbatch run cannot run here")
     dali_ok = results["checks"].get("dali_mixed", {}).get("status") == "ok"
     trt = results["checks"].get("tensorrt", {})
-    runs = {"cpu_default": _octbatch_run(archive, tmp / "e2e-cpu.parquet", "--model", model, "--decoder", "cpu", "-b", "256")}
+    runs = {
+        "cpu_default": _octbatch_run(
+            archive, tmp / "e2e-cpu.parquet", "--model", model, "--decoder", "cpu", "-b", "256"
+        )
+    }
     if dali_ok:
         dev = results["checks"]["dali_mixed"].get("device", "gpu")
-        runs[f"dali_{dev}_ort"] = _octbatch_run(archive, tmp / "e2e-dali.parquet", "--model", model, "--decoder", "dali", "-b", "256")
+        runs[f"dali_{dev}_ort"] = _octbatch_run(
+            archive, tmp / "e2e-dali.parquet", "--model", model, "--decoder", "dali", "-b", "256"
+        )
         if trt.get("status") == "ok":
-            runs["dali_gpu_trt"] = _octbatch_run(archive, tmp / "e2e-trt.parquet", "--model", model, "--decoder", "dali",
-                                                 "--backend", "tensorrt", "--engine", trt["engine"], "-b", "256")
+            runs["dali_gpu_trt"] = _octbatch_run(
+                archive,
+                tmp / "e2e-trt.parquet",
+                "--model",
+                model,
+                "--decoder",
+                "dali",
+                "--backend",
+                "tensorrt",
+                "--engine",
+                trt["engine"],
+                "-b",
+                "256",
+            )
     out = {"runs": runs, "target_scans_per_s": TARGET_SCANS_PER_S}
     if "dali_gpu_trt" in runs:
         decode = results["checks"]["dali_mixed"]["decode_img_per_s"]
         infer = trt.get("infer_img_per_s_device_input") or trt.get("infer_img_per_s_host_input")
         ceiling = min(decode, infer)
         got = runs["dali_gpu_trt"]["files_per_s"]
-        out.update(ceiling_img_per_s=ceiling, fraction_of_ceiling=round(got / ceiling, 3),
-                   meets_target=got >= TARGET_SCANS_PER_S, meets_85pct_of_ceiling=got >= 0.85 * ceiling)
+        out.update(
+            ceiling_img_per_s=ceiling,
+            fraction_of_ceiling=round(got / ceiling, 3),
+            meets_target=got >= TARGET_SCANS_PER_S,
+            meets_85pct_of_ceiling=got >= 0.85 * ceiling,
+        )
     else:
         out["note"] = "GPU path not measured end to end: needs DALI with a GPU and a TensorRT engine"
     return record("end_to_end", "ok", **out)
@@ -378,17 +482,25 @@ def summary_line(name: str, c: dict) -> str:
         return f"{c['decoded']:,} of {c['files']:,} decoded; {c['img_per_s']:,} good img/s decode-only ({c['threads']} threads)"
     if name == "dali_mixed":
         p = c["parity"]
-        return (f"{c['decode_img_per_s']:,} img/s decode-only; vs CPU: mean px diff {p.get('pixel_mean_diff', float('nan')):.2f}, "
-                f"max {p.get('pixel_max_diff')}, top-1 {p.get('top1_agreement', 0) * 100:.1f}%")
+        return (
+            f"{c['decode_img_per_s']:,} img/s decode-only; vs CPU: mean px diff {p.get('pixel_mean_diff', float('nan')):.2f}, "
+            f"max {p.get('pixel_max_diff')}, top-1 {p.get('top1_agreement', 0) * 100:.1f}%"
+        )
     if name == "tensorrt":
-        return (f"fp16 build {c['build_seconds']} s; top-1 vs ORT {c['top1_agreement'] * 100:.2f}%, max prob diff "
-                f"{c['prob_max_diff']:.4f}; {c['infer_img_per_s_host_input']:,} img/s (host input), "
-                f"{c['infer_img_per_s_device_input'] or '-'} (device input)")
+        return (
+            f"fp16 build {c['build_seconds']} s; top-1 vs ORT {c['top1_agreement'] * 100:.2f}%, max prob diff "
+            f"{c['prob_max_diff']:.4f}; {c['infer_img_per_s_host_input']:,} img/s (host input), "
+            f"{c['infer_img_per_s_device_input'] or '-'} (device input)"
+        )
     if name == "torch_cuda":
-        return (f"fp16 infer {c.get('infer_fp16_img_per_s_b256', '-'):,} img/s (b256), {c.get('infer_fp16_img_per_s_b1024', '-'):,} (b1024); "
-                f"nvJPEG decode {c.get('nvjpeg_torchvision_decode_img_per_s', c.get('nvjpeg_torchvision_decode'))}")
+        return (
+            f"fp16 infer {c.get('infer_fp16_img_per_s_b256', '-'):,} img/s (b256), {c.get('infer_fp16_img_per_s_b1024', '-'):,} (b1024); "
+            f"nvJPEG decode {c.get('nvjpeg_torchvision_decode_img_per_s', c.get('nvjpeg_torchvision_decode'))}"
+        )
     if name == "end_to_end":
-        s = "; ".join(f"{k} {v['ok']:,}/{v['files']:,} ok, {v['files_per_s']:,} good files/s" for k, v in c["runs"].items())
+        s = "; ".join(
+            f"{k} {v['ok']:,}/{v['files']:,} ok, {v['files_per_s']:,} good files/s" for k, v in c["runs"].items()
+        )
         if "fraction_of_ceiling" in c:
             s += f"; {c['fraction_of_ceiling'] * 100:.0f}% of ceiling {c['ceiling_img_per_s']:,}; target met: {c['meets_target']}"
         return s
@@ -396,9 +508,14 @@ def summary_line(name: str, c: dict) -> str:
 
 
 def write_markdown(path: Path) -> None:
-    lines = [f"# octbatch gpu_check ({results['started']}, {results.get('seconds')} s)", "",
-             f"{results.get('files')} scans ({results.get('distinct_scans')} distinct) from {results.get('archive_source')}; model {results.get('model')}", "",
-             "| check | status | good / files | result |", "|---|---|---|---|"]
+    lines = [
+        f"# octbatch gpu_check ({results['started']}, {results.get('seconds')} s)",
+        "",
+        f"{results.get('files')} scans ({results.get('distinct_scans')} distinct) from {results.get('archive_source')}; model {results.get('model')}",
+        "",
+        "| check | status | good / files | result |",
+        "|---|---|---|---|",
+    ]
     for name, c in results["checks"].items():
         counts = f"{c['decoded']} / {c['files']}" if "decoded" in c and "files" in c else ""
         lines.append(f"| {name} | {c['status']} | {counts} | {summary_line(name, c).replace('|', '/')} |")
@@ -408,12 +525,20 @@ def write_markdown(path: Path) -> None:
 def main() -> int:
     global BUDGET_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--archive", required=True, help="folder of real scans (a few hundred are enough; repeated up to --files)")
+    ap.add_argument(
+        "--archive", required=True, help="folder of real scans (a few hundred are enough; repeated up to --files)"
+    )
     ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     ap.add_argument("--files", type=int, default=4096, help="scans in the (hard-linked) test archive")
-    ap.add_argument("--dali-device", choices=("gpu", "cpu"), default="gpu",
-                    help="cpu: run the DALI check on DALI's CPU twin (tries this script without a GPU)")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="overall time budget: checks past it are skipped or interrupted")
+    ap.add_argument(
+        "--dali-device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="cpu: run the DALI check on DALI's CPU twin (tries this script without a GPU)",
+    )
+    ap.add_argument(
+        "--budget-s", type=float, default=540.0, help="overall time budget: checks past it are skipped or interrupted"
+    )
     a = ap.parse_args()
     BUDGET_S = a.budget_s
     out_dir = Path(a.out)
@@ -437,7 +562,9 @@ def main() -> int:
         write_markdown(out_dir / "gpu_check.md")
         shutil.rmtree(tmp, ignore_errors=True)
     w = max(len(k) for k in results["checks"]) + 2
-    print(f"octbatch gpu_check: {results.get('files')} scans from {results.get('archive_source')}, model {results.get('model')}")
+    print(
+        f"octbatch gpu_check: {results.get('files')} scans from {results.get('archive_source')}, model {results.get('model')}"
+    )
     print(f"{'check':<{w}}{'status':<9}result")
     for name, c in results["checks"].items():
         print(f"{name:<{w}}{c['status']:<9}{summary_line(name, c)}")

@@ -6,7 +6,7 @@
 #   benchmarks/gpu_check.sh run    BUNDLE_DIR OUT_DIR       # there: one command, writes
 #                                                            #   OUT_DIR/gpu_check.json and gpu_check.md
 #
-# bundle: octbatch's source (git archive of HEAD: octbatch/, benchmarks/, tests/modelgen.py), ~30 MB
+# bundle: octbatch's source (git archive of HEAD: octbatch/, benchmarks/, tests/helpers/modelgen.py), ~30 MB
 # of real scans copied from SCANS_DIR (default ../shared/data/oct2017) using only files whose
 # manifest split_hint is train or unknown (report-only splits never leave), spread over the class
 # folders, and the simplejpeg wheel for CPython 3.12 manylinux x86_64 (PYTHON_TAG/PLATFORM change it).
@@ -29,7 +29,7 @@ bundle_cmd() {
   [ -f "$scans/manifest.csv" ] || { echo "gpu_check.sh: $scans/manifest.csv not found (give SCANS_DIR)" >&2; exit 1; }
   rm -rf "$bundle"
   mkdir -p "$bundle/src" "$bundle/scans" "$bundle/wheels"
-  git -C "$here" archive HEAD octbatch benchmarks tests/modelgen.py | tar -x -C "$bundle/src"
+  git -C "$here" archive HEAD octbatch benchmarks tests/helpers/__init__.py tests/helpers/modelgen.py | tar -x -C "$bundle/src"
   "$PYTHON" - "$scans" "$bundle/scans" "${SCANS_MB:-30}" <<'EOF'
 import csv, shutil, sys
 from pathlib import Path

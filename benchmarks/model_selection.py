@@ -39,20 +39,45 @@ def main() -> None:
         for k, (name, cfg) in enumerate(CANDIDATES.items()):
             if str(k) not in a.sizes.split(","):
                 continue
-            m = train(a.data, out / f"size{k}.onnx", report_dir=out / f"size{k}", log=lambda s, n=name: print(f"[{n}] {s}", flush=True), **cfg, **kw)
+            m = train(
+                a.data,
+                out / f"size{k}.onnx",
+                report_dir=out / f"size{k}",
+                log=lambda s, n=name: print(f"[{n}] {s}", flush=True),
+                **cfg,
+                **kw,
+            )
             v = m["evaluation"]["validation"]
-            sizes[name] = {"model": f"size{k}.onnx", "parameters": m["parameters"], "val_accuracy": v["accuracy"],
-                           "val_macro_f1": v["macro_f1"], "val_balanced_accuracy": v["balanced_accuracy"],
-                           "img_per_s": m["speed"]["img_per_s_median"], "train_seconds": m["train_seconds"], "best_epoch": m["settings"]["best_epoch"]}
+            sizes[name] = {
+                "model": f"size{k}.onnx",
+                "parameters": m["parameters"],
+                "val_accuracy": v["accuracy"],
+                "val_macro_f1": v["macro_f1"],
+                "val_balanced_accuracy": v["balanced_accuracy"],
+                "img_per_s": m["speed"]["img_per_s_median"],
+                "train_seconds": m["train_seconds"],
+                "best_epoch": m["settings"]["best_epoch"],
+            }
             (out / "model_sizes.json").write_text(json.dumps(sizes, indent=1))
     f = out / "learning_curve.json"
     curve = json.loads(f.read_text()) if f.exists() else {}
     for frac in (float(f) for f in a.fractions.split(",") if f):
-        m = train(a.data, out / f"frac{frac}.onnx", train_fraction=frac, benchmark=False, evaluate_report_only=False,
-                  log=lambda s, f=frac: print(f"[fraction {f}] {s}", flush=True), **kw)
+        m = train(
+            a.data,
+            out / f"frac{frac}.onnx",
+            train_fraction=frac,
+            benchmark=False,
+            evaluate_report_only=False,
+            log=lambda s, f=frac: print(f"[fraction {f}] {s}", flush=True),
+            **kw,
+        )
         v = m["evaluation"]["validation"]
-        curve[str(frac)] = {"train_scans": sum(m["split"]["counts"]["train"].values()), "val_accuracy": v["accuracy"],
-                            "val_macro_f1": v["macro_f1"], "val_balanced_accuracy": v["balanced_accuracy"]}
+        curve[str(frac)] = {
+            "train_scans": sum(m["split"]["counts"]["train"].values()),
+            "val_accuracy": v["accuracy"],
+            "val_macro_f1": v["macro_f1"],
+            "val_balanced_accuracy": v["balanced_accuracy"],
+        }
         (out / "learning_curve.json").write_text(json.dumps(curve, indent=1))
 
 

@@ -44,20 +44,46 @@ def stand_in_model(path: str) -> str:
             w = rng.normal(0, (2.0 / (cin * 9)) ** 0.5, (cout, cin, 3, 3)).astype(np.float32)
             b = np.zeros(cout, np.float32)
             inits += [numpy_helper.from_array(w, f"w{i}{j}"), numpy_helper.from_array(b, f"b{i}{j}")]
-            nodes += [helper.make_node("Conv", [prev, f"w{i}{j}", f"b{i}{j}"], [f"c{i}{j}"], pads=[1, 1, 1, 1], strides=[stride, stride]),
-                      helper.make_node("Relu", [f"c{i}{j}"], [f"r{i}{j}"])]
+            nodes += [
+                helper.make_node(
+                    "Conv", [prev, f"w{i}{j}", f"b{i}{j}"], [f"c{i}{j}"], pads=[1, 1, 1, 1], strides=[stride, stride]
+                ),
+                helper.make_node("Relu", [f"c{i}{j}"], [f"r{i}{j}"]),
+            ]
             prev, cin = f"r{i}{j}", cout
-    inits += [numpy_helper.from_array(rng.normal(0, 0.1, (128, 4)).astype(np.float32), "wf"),
-              numpy_helper.from_array(np.zeros(4, np.float32), "bf")]
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-              helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"])]
-    graph = helper.make_graph(nodes, "stand_in", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 128, 128])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    inits += [
+        numpy_helper.from_array(rng.normal(0, 0.1, (128, 4)).astype(np.float32), "wf"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "bf"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stand_in",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 128, 128])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=inits,
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    pre = {"input_size": [128, 128], "channels": 1, "mean": [0.2], "std": [0.2], "resize": "center_crop", "interpolation": "area", "layout": "NCHW"}
-    for k, v in (("octbatch.classes", json.dumps(["CNV", "DME", "DRUSEN", "NORMAL"])), ("octbatch.preprocessing", json.dumps(pre)),
-                 ("octbatch.output", "logits"), ("octbatch.model_card", "benchmark stand-in, random weights")):
+    pre = {
+        "input_size": [128, 128],
+        "channels": 1,
+        "mean": [0.2],
+        "std": [0.2],
+        "resize": "center_crop",
+        "interpolation": "area",
+        "layout": "NCHW",
+    }
+    for k, v in (
+        ("octbatch.classes", json.dumps(["CNV", "DME", "DRUSEN", "NORMAL"])),
+        ("octbatch.preprocessing", json.dumps(pre)),
+        ("octbatch.output", "logits"),
+        ("octbatch.model_card", "benchmark stand-in, random weights"),
+    ):
         p = m.metadata_props.add()
         p.key, p.value = k, v
     onnx.save(m, path)
@@ -71,7 +97,9 @@ def session(path: str, optimize: bool, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
@@ -83,7 +111,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "octbatch" / "models" / "oct4-default.onnx"))
-    ap.add_argument("--scans", default=os.environ.get("OCTBATCH_DATA", str(REPO.parent / "shared" / "data" / "oct2017")))
+    ap.add_argument(
+        "--scans", default=os.environ.get("OCTBATCH_DATA", str(REPO.parent / "shared" / "data" / "oct2017"))
+    )
     ap.add_argument("--n", type=int, default=256, help="real scans for timing and agreement")
     ap.add_argument("--calib-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -104,8 +134,16 @@ def main() -> None:
     fp32 = engines.build_engine(model, backend="onnxruntime", precision="fp32", cache_dir=cache, log=log)
     t_fp32 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    int8 = engines.build_engine(model, backend="onnxruntime", precision="int8", calib=args.scans, calib_size=args.calib_size,
-                                min_agreement=0.0, cache_dir=cache, log=log)
+    int8 = engines.build_engine(
+        model,
+        backend="onnxruntime",
+        precision="int8",
+        calib=args.scans,
+        calib_size=args.calib_size,
+        min_agreement=0.0,
+        cache_dir=cache,
+        log=log,
+    )
     t_int8 = time.perf_counter() - t0
 
     # Held-out scans: the ones int8 was NOT calibrated on (as the build's accuracy guard uses).
@@ -154,17 +192,24 @@ def main() -> None:
         f"Python {platform.python_version()}, CPU {engines.cpu_facts()['cpu']} ({', '.join(engines.cpu_facts()['isa'][-4:])}).",
         f"Build times: fp32 optimized {t_fp32:.1f} s, int8 (calibration on {args.calib_size} scans) {t_int8:.1f} s.",
         "",
-        "| variant | " + " | ".join(f"batch {b} img/s" for b in BATCHES) + " | vs fp32 @64 | top-1 agreement with fp32 | max abs prob diff |",
+        "| variant | "
+        + " | ".join(f"batch {b} img/s" for b in BATCHES)
+        + " | vs fp32 @64 | top-1 agreement with fp32 | max abs prob diff |",
         "|---|" + "---|" * (len(BATCHES) + 3),
     ]
     for k in variants:
-        lines.append(f"| {k} | " + " | ".join(f"{speeds[k][b]:,.0f}" for b in BATCHES)
-                     + f" | {speeds[k][64] / speeds[base][64]:.2f}x | {agree[k]:.2%} | {maxdiff[k]:.4f} |")
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{speeds[k][b]:,.0f}" for b in BATCHES)
+            + f" | {speeds[k][64] / speeds[base][64]:.2f}x | {agree[k]:.2%} | {maxdiff[k]:.4f} |"
+        )
     g = int8.fingerprint.get("guard") or {}
     if "accuracy_reference" in g:
         lines.append("")
-        lines.append(f"Accuracy guard of the int8 engine (labelled scans, n={g['n']}): fp32 {g['accuracy_reference']:.2%}, "
-                     f"int8 {g['accuracy_engine']:.2%}, agreement {g['agreement']:.2%}.")
+        lines.append(
+            f"Accuracy guard of the int8 engine (labelled scans, n={g['n']}): fp32 {g['accuracy_reference']:.2%}, "
+            f"int8 {g['accuracy_engine']:.2%}, agreement {g['agreement']:.2%}."
+        )
     table = "\n".join(lines)
     print(table)
     if args.markdown_out:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 
 def make_linked_archive(root: Path, n: int) -> Path:
@@ -50,9 +50,11 @@ def pick_model(tmp: Path) -> tuple[str, str]:
     shipped = REPO / "octbatch" / "models" / "oct4-default.onnx"
     if shipped.exists():
         return str(shipped), "shipped oct4-default.onnx"
-    from modelgen import tiny_classifier
+    from tests.helpers.modelgen import tiny_classifier
 
-    return tiny_classifier(tmp / "m128.onnx", classes=("CNV", "DME", "DRUSEN", "NORMAL"), size=128), "generated 1x128x128 conv+GAP (no shipped model yet)"
+    return tiny_classifier(
+        tmp / "m128.onnx", classes=("CNV", "DME", "DRUSEN", "NORMAL"), size=128
+    ), "generated 1x128x128 conv+GAP (no shipped model yet)"
 
 
 def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int) -> dict:
@@ -74,9 +76,15 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
     executors.make_executor = make
     out = tmp / f"out-{mode}-{time.time_ns()}.parquet"
     try:
-        cfg = RunConfig(archive=str(archive), out=str(out), model=model, shard_size=shard_size,
-                        executor="local" if mode == "local" else "ray", workers=2 if mode != "local" else None,
-                        gpus_per_worker=-1.0)
+        cfg = RunConfig(
+            archive=str(archive),
+            out=str(out),
+            model=model,
+            shard_size=shard_size,
+            executor="local" if mode == "local" else "ray",
+            workers=2 if mode != "local" else None,
+            gpus_per_worker=-1.0,
+        )
         if mode == "ray-running" and not ray.is_initialized():
             start_local_ray(os.cpu_count())
         if mode == "ray-start" and ray.is_initialized():
@@ -91,9 +99,18 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
             p.unlink(missing_ok=True)
     st = getattr(made[0], "stats", {}) if made else {}
     steady = s.processed / max(1e-9, wall - s.startup_seconds)
-    return {"mode": mode, "wall_s": wall, "files": s.processed, "files_per_s": s.processed / wall, "startup_s": s.startup_seconds,
-            "steady_files_per_s": steady, "init_s": st.get("init_seconds"), "driver_busy_s": st.get("driver_busy_seconds"),
-            "shards": st.get("shards"), "workers": len(s.workers)}
+    return {
+        "mode": mode,
+        "wall_s": wall,
+        "files": s.processed,
+        "files_per_s": s.processed / wall,
+        "startup_s": s.startup_seconds,
+        "steady_files_per_s": steady,
+        "init_s": st.get("init_seconds"),
+        "driver_busy_s": st.get("driver_busy_seconds"),
+        "shards": st.get("shards"),
+        "workers": len(s.workers),
+    }
 
 
 class NoopActor:
@@ -121,9 +138,15 @@ def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) ->
     from octbatch.shards import Shard
     from octbatch.worker import WorkerConfig
 
-    entries = [FileEntry(f"CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg",
-                         f"/archive/CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg", 48_000 + i, 1_700_000_000_000_000_000 + i)
-               for i in range(shard_files)]
+    entries = [
+        FileEntry(
+            f"CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg",
+            f"/archive/CNV/batch{i // 500:04d}/CNV-{100000 + i // 10}-{i}.jpeg",
+            48_000 + i,
+            1_700_000_000_000_000_000 + i,
+        )
+        for i in range(shard_files)
+    ]
     pickled = len(pickle.dumps(pack_shard(Shard("x" * 20, entries)), protocol=5))
 
     def shards():
@@ -152,10 +175,17 @@ def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) ->
         ray.shutdown()
     assert len(res.summaries) == n_shards
     st = ex.stats
-    return {"workers": workers, "inflight_per_worker": inflight, "shards": n_shards, "shard_files": shard_files,
-            "shard_pickle_bytes": pickled, "wall_s": wall, "shards_per_s_after_first": (n_shards - 1) / loop,
-            "driver_busy_ms_per_shard": 1000 * st["driver_busy_seconds"] / n_shards,
-            "driver_capacity_shards_per_s": n_shards / st["driver_busy_seconds"]}
+    return {
+        "workers": workers,
+        "inflight_per_worker": inflight,
+        "shards": n_shards,
+        "shard_files": shard_files,
+        "shard_pickle_bytes": pickled,
+        "wall_s": wall,
+        "shards_per_s_after_first": (n_shards - 1) / loop,
+        "driver_busy_ms_per_shard": 1000 * st["driver_busy_seconds"] / n_shards,
+        "driver_capacity_shards_per_s": n_shards / st["driver_busy_seconds"],
+    }
 
 
 def main() -> None:
@@ -212,9 +242,20 @@ def main() -> None:
 
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "versions": {"octbatch": octbatch.__version__, "ray": ray.__version__, "onnxruntime": onnxruntime.__version__, "pyarrow": pyarrow.__version__},
-        "model": model_desc, "scans": args.scans, "shard_size": args.shard_size, "repeats": args.repeats,
-        "median": {m: {k: med(m, k) for k in ("wall_s", "files_per_s", "startup_s", "steady_files_per_s", "init_s")} for m in ("local", "ray-start", "ray-running")},
+        "versions": {
+            "octbatch": octbatch.__version__,
+            "ray": ray.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "pyarrow": pyarrow.__version__,
+        },
+        "model": model_desc,
+        "scans": args.scans,
+        "shard_size": args.shard_size,
+        "repeats": args.repeats,
+        "median": {
+            m: {k: med(m, k) for k in ("wall_s", "files_per_s", "startup_s", "steady_files_per_s", "init_s")}
+            for m in ("local", "ray-start", "ray-running")
+        },
         "ray_shutdown_s": shutdown_s,
         "discovery_files_per_s": discovery_files_per_s,
         "driver": drivers,

@@ -65,13 +65,17 @@ def main() -> None:
     build(archive, add, start=a.n)
     incr = timed(base)
     r = statistics.median(resumed)
-    print(f"archive: {a.n} files ({source}, hard links), machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(
+        f"archive: {a.n} files ({source}, hard links), machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
     print("| run | seconds | per 100k files | vs full run |")
     print("|---|---:|---:|---:|")
     print(f"| full run | {full:.1f} | {full / a.n * 1e5:.1f} | 1.00 |")
     print(f"| rerun, everything committed (median of {a.repeats}) | {r:.2f} | {r / a.n * 1e5:.2f} | {r / full:.3f} |")
     print(f"| incremental, +{add} files (1%) | {incr:.2f} | - | {incr / full:.3f} |")
-    print(f"| incremental minus the all-committed rerun (the 1% itself) | {incr - r:.2f} | - | {(incr - r) / full:.3f} |")
+    print(
+        f"| incremental minus the all-committed rerun (the 1% itself) | {incr - r:.2f} | - | {(incr - r) / full:.3f} |"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,5 +1,5 @@
 """Which S3 library should octbatch use? pyarrow.fs.S3FileSystem vs fsspec/s3fs vs obstore, against
-an S3 server on loopback (moto's standalone server, tests/s3_server.py).
+an S3 server on loopback (moto's standalone server, tests/helpers/s3_server.py).
 
   python benchmarks/s3_libraries.py --keys 20000 --reads 600 --repeats 3
 
@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from s3_server import moto_server  # noqa: E402
+from tests.helpers.s3_server import moto_server  # noqa: E402
 
 BUCKET = "bench"
 
@@ -37,12 +37,25 @@ def clients(srv):
     from obstore.store import S3Store
 
     endpoint, ACCESS_KEY, SECRET_KEY = srv.endpoint, srv.access_key, srv.secret_key
-    ob = S3Store(BUCKET, endpoint=endpoint, region="us-east-1", access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
-                 client_options={"allow_http": True})
-    pa = pafs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=endpoint, region="us-east-1",
-                           scheme="http")
-    fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, endpoint_url=endpoint, client_kwargs={"region_name": "us-east-1"},
-                           use_listings_cache=False, skip_instance_cache=True)
+    ob = S3Store(
+        BUCKET,
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+        client_options={"allow_http": True},
+    )
+    pa = pafs.S3FileSystem(
+        access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=endpoint, region="us-east-1", scheme="http"
+    )
+    fs = s3fs.S3FileSystem(
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        endpoint_url=endpoint,
+        client_kwargs={"region_name": "us-east-1"},
+        use_listings_cache=False,
+        skip_instance_cache=True,
+    )
 
     def list_obstore(prefix):
         n = 0
@@ -69,7 +82,11 @@ def clients(srv):
     def read_s3fs(key):
         return len(fs.cat_file(f"{BUCKET}/{key}"))
 
-    return ob, {"obstore": (list_obstore, read_obstore), "pyarrow.fs": (list_pyarrow, read_pyarrow), "s3fs": (list_s3fs, read_s3fs)}
+    return ob, {
+        "obstore": (list_obstore, read_obstore),
+        "pyarrow.fs": (list_pyarrow, read_pyarrow),
+        "s3fs": (list_s3fs, read_s3fs),
+    }
 
 
 def upload(ob, items, threads=16):
@@ -88,7 +105,9 @@ def scans(n: int) -> list[bytes]:
     import simplejpeg
 
     rng = np.random.default_rng(0)
-    return [simplejpeg.encode_jpeg(rng.integers(0, 255, (496, 512, 1), dtype=np.uint8), colorspace="GRAY") for _ in range(n)]
+    return [
+        simplejpeg.encode_jpeg(rng.integers(0, 255, (496, 512, 1), dtype=np.uint8), colorspace="GRAY") for _ in range(n)
+    ]
 
 
 def main() -> None:
@@ -128,9 +147,14 @@ def main() -> None:
                     got = sum(pool.map(rd, keys))
                 res[name]["read_s"].append(time.perf_counter() - t)
                 assert got == sum(map(len, blobs)), name
-        out = {"keys": a.keys, "reads": a.reads, "threads": a.threads, "mean_object_kib": sum(map(len, blobs)) / len(blobs) / 1024,
-               "versions": {"obstore": obstore.__version__, "pyarrow": pyarrow.__version__, "s3fs": s3fs.__version__},
-               "results": {}}
+        out = {
+            "keys": a.keys,
+            "reads": a.reads,
+            "threads": a.threads,
+            "mean_object_kib": sum(map(len, blobs)) / len(blobs) / 1024,
+            "versions": {"obstore": obstore.__version__, "pyarrow": pyarrow.__version__, "s3fs": s3fs.__version__},
+            "results": {},
+        }
         for name, r in res.items():
             out["results"][name] = {
                 "list_keys_per_s": a.keys / statistics.median(r["list_s"]),

@@ -43,17 +43,41 @@ def main() -> None:
         if a.only and name not in a.only.split(","):
             continue
         t = time.perf_counter()
-        m = train(a.data, out / f"{name}.onnx", epochs=a.epochs, holdout_widths=held, benchmark=False,
-                  evaluate_report_only=False, log=lambda s, n=name: print(f"[{n}] {s}", flush=True), **cfg)
+        m = train(
+            a.data,
+            out / f"{name}.onnx",
+            epochs=a.epochs,
+            holdout_widths=held,
+            benchmark=False,
+            evaluate_report_only=False,
+            log=lambda s, n=name: print(f"[{n}] {s}", flush=True),
+            **cfg,
+        )
         ev = m["evaluation"]
         results[name] = {
-            "seconds": round(time.perf_counter() - t, 1), "best_epoch": m["settings"]["best_epoch"],
-            **{k: {x: ev[k][x] for x in ("n", "accuracy", "balanced_accuracy", "macro_f1", "accuracy_by_width", "per_class")}
-               for k in ("validation", "width_holdout") if k in ev},
+            "seconds": round(time.perf_counter() - t, 1),
+            "best_epoch": m["settings"]["best_epoch"],
+            **{
+                k: {
+                    x: ev[k][x]
+                    for x in ("n", "accuracy", "balanced_accuracy", "macro_f1", "accuracy_by_width", "per_class")
+                }
+                for k in ("validation", "width_holdout")
+                if k in ev
+            },
         }
         (out / "width_experiment.json").write_text(json.dumps(results, indent=1))
-        print(json.dumps({name: {k: (v["accuracy"], v["balanced_accuracy"]) if isinstance(v, dict) and "accuracy" in v else v
-                                 for k, v in results[name].items()}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    name: {
+                        k: (v["accuracy"], v["balanced_accuracy"]) if isinstance(v, dict) and "accuracy" in v else v
+                        for k, v in results[name].items()
+                    }
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

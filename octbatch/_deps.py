@@ -26,7 +26,11 @@ _HINTS: dict[str, tuple[str, str, str]] = {
     "nvidia.dali": ("dali", "pip install 'octbatch[dali]'", ""),
     "ray": ("cluster", "pip install 'octbatch[cluster]'", ""),
     "obstore": ("s3", "pip install 'octbatch[s3]'", ""),
-    "torch": ("train", "pip install 'octbatch[train]'  (CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)", ""),
+    "torch": (
+        "train",
+        "pip install 'octbatch[train]'  (CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+        "",
+    ),
     "onnx": ("train", "pip install onnx", ""),
     "cuda": ("tensorrt", "pip install cuda-python", ""),
     "jinja2": ("report", "pip install 'octbatch[report]'", ""),

@@ -10,8 +10,8 @@ import fnmatch
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 from .errors import OctbatchError
 
@@ -120,7 +120,9 @@ def discover(
     except FileNotFoundError:
         raise OctbatchError(f"archive {root} does not exist", "Check the path you gave to octbatch run.") from None
     except PermissionError:
-        raise OctbatchError(f"archive {root} cannot be read (permission denied)", "Run as a user who can read it.") from None
+        raise OctbatchError(
+            f"archive {root} cannot be read (permission denied)", "Run as a user who can read it."
+        ) from None
     if not stat.S_ISDIR(st.st_mode):
         raise OctbatchError(f"archive {root} is not a directory", "Give the folder that holds the scans.")
     exts = tuple(e.lower() for e in extensions)

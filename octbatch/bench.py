@@ -51,8 +51,22 @@ __all__ = [
 BASELINES = ("naive", "dataloader", "ray_data")
 _IMAGE_EXT = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
 _VERSION_PACKAGES = (
-    "octbatch", "onnxruntime", "numpy", "pyarrow", "simplejpeg", "opencv-python-headless", "opencv-python", "pillow",
-    "nvidia-dali-cuda120", "nvidia-dali-cuda130", "tensorrt", "tensorrt-lean-cu12", "ray", "torch", "matplotlib", "psutil",
+    "octbatch",
+    "onnxruntime",
+    "numpy",
+    "pyarrow",
+    "simplejpeg",
+    "opencv-python-headless",
+    "opencv-python",
+    "pillow",
+    "nvidia-dali-cuda120",
+    "nvidia-dali-cuda130",
+    "tensorrt",
+    "tensorrt-lean-cu12",
+    "ray",
+    "torch",
+    "matplotlib",
+    "psutil",
 )
 
 
@@ -66,7 +80,15 @@ def summarize(samples: Sequence[float]) -> dict:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "q1": q1, "q3": q3, "n": len(xs), "samples": xs}
+    return {
+        "median": statistics.median(xs),
+        "min": xs[0],
+        "max": xs[-1],
+        "q1": q1,
+        "q3": q3,
+        "n": len(xs),
+        "samples": xs,
+    }
 
 
 def combined_ceiling(decode: float, infer: float, *, shared_cores: bool = True) -> float:
@@ -112,21 +134,38 @@ def _read(path: str) -> str:
 
 
 def machine_facts() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
     mem_kb = next((int(ln.split()[1]) for ln in _read("/proc/meminfo").splitlines() if ln.startswith("MemTotal:")), 0)
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 1
     facts = {
-        "host": platform.node(), "cpu": cpu, "cores": usable, "logical_cpus": os.cpu_count(),
-        "memory_gib": round(mem_kb / 1024 / 1024, 1), "os": platform.platform(), "python": platform.python_version(),
-        "gpu": None, "driver": None,
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": usable,
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": None,
+        "driver": None,
     }
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             if out:
                 facts["gpu"] = "; ".join(ln.split(",")[0].strip() for ln in out)
                 facts["driver"] = out[0].split(",")[1].strip()
@@ -169,7 +208,7 @@ def _tree_rss_mb(root: int) -> float:
         try:
             with open(f"/proc/{name}/stat") as f:
                 st = f.read()
-            fields = st[st.rindex(")") + 2:].split()
+            fields = st[st.rindex(")") + 2 :].split()
             pid, ppid = int(name), int(fields[1])
             children.setdefault(ppid, []).append(pid)
             rss[pid] = int(fields[21]) * page_kb
@@ -214,8 +253,11 @@ class TreeRssSampler:
 # --------------------------------------------------------------------------------------------- archives
 def real_data_dir() -> Path | None:
     """The shared real OCT2017 scans, when this machine has them."""
-    for cand in (os.environ.get("OCTBATCH_BENCH_DATA"), os.path.join(os.getcwd(), "..", "shared", "data", "oct2017"),
-                 "/work/shared/data/oct2017"):
+    for cand in (
+        os.environ.get("OCTBATCH_BENCH_DATA"),
+        os.path.join(os.getcwd(), "..", "shared", "data", "oct2017"),
+        "/work/shared/data/oct2017",
+    ):
         if cand and os.path.isdir(cand):
             return Path(cand).resolve()
     return None
@@ -262,13 +304,17 @@ def prepare_archive(*, archive: str | None, synthetic: int | None, files: int, w
     if archive:
         root = Path(archive).resolve()
         if not root.is_dir():
-            raise OctbatchError(f"archive {archive} is not a directory", "Give the folder that holds the scans, or --synthetic N.")
+            raise OctbatchError(
+                f"archive {archive} is not a directory", "Give the folder that holds the scans, or --synthetic N."
+            )
         if not files:
             return root, f"the user's archive {root}"
         srcs = _image_files(root)
         if not srcs:
             raise OctbatchError(f"archive {archive} holds no images", "Give a folder of .jpeg/.png/.tif scans.")
-        return link_archive(srcs, workdir / "archive", files), f"{files} files hard-linked from {len(srcs)} scans of {root}"
+        return link_archive(
+            srcs, workdir / "archive", files
+        ), f"{files} files hard-linked from {len(srcs)} scans of {root}"
     if synthetic:
         from .synth import make_archive
 
@@ -278,8 +324,10 @@ def prepare_archive(*, archive: str | None, synthetic: int | None, files: int, w
     real = real_data_dir()
     if real is not None:
         srcs = _image_files(real)
-        return (link_archive(srcs, workdir / "archive", files),
-                f"real OCT2017 scans from {real}: {files} files hard-linked from {len(srcs)} scans")
+        return (
+            link_archive(srcs, workdir / "archive", files),
+            f"real OCT2017 scans from {real}: {files} files hard-linked from {len(srcs)} scans",
+        )
     from .synth import make_archive
 
     dest = workdir / "archive"
@@ -354,7 +402,11 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
     good = [e.abspath for e in entries if e.size > 0 and not e.path.startswith("broken/")]
 
     log("stage: discovery")
-    rows.append(_row("stage", "discovery", measure_rate(lambda: sum(1 for _ in discover(archive)), **m), "files/s", ctx, **common))
+    rows.append(
+        _row(
+            "stage", "discovery", measure_rate(lambda: sum(1 for _ in discover(archive)), **m), "files/s", ctx, **common
+        )
+    )
 
     log("stage: read")
     total_mb = sum(e.size for e in entries if e.abspath in set(good)) / 1e6
@@ -370,7 +422,7 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
 
     spec = model.preprocessing
     bs = cfg.run_batch_size
-    batches = [good[i:i + bs] for i in range(0, len(good), bs)] or [good]
+    batches = [good[i : i + bs] for i in range(0, len(good), bs)] or [good]
     for name in cfg.decoders:
         for t in sorted({1, threads}):
             log(f"stage: decode {name} x{t}")
@@ -388,7 +440,19 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
                 return len(b) - sum(e is not None for e in out.errors)
 
             try:
-                rows.append(_row("stage", "decode", measure_rate(one_batch, **m), "img/s", ctx, decoder=name, threads=t, batch_size=bs, **common))
+                rows.append(
+                    _row(
+                        "stage",
+                        "decode",
+                        measure_rate(one_batch, **m),
+                        "img/s",
+                        ctx,
+                        decoder=name,
+                        threads=t,
+                        batch_size=bs,
+                        **common,
+                    )
+                )
             finally:
                 dec.close()
 
@@ -404,7 +468,9 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
             x = np.empty((b, spec.channels, spec.height, spec.width), np.float32)
             log(f"stage: infer {backend} batch {b}")
             try:
-                runner = make_runner(backend, model, threads=threads, engine_path=ctx.get("engine_path"), precision=ctx.get("precision")).load()
+                runner = make_runner(
+                    backend, model, threads=threads, engine_path=ctx.get("engine_path"), precision=ctx.get("precision")
+                ).load()
             except OctbatchError as exc:
                 rows.append(_row("stage", "infer", None, "img/s", ctx, backend=backend, batch_size=b, skipped=str(exc)))
                 continue
@@ -414,8 +480,20 @@ def _stage_rows(cfg: BenchConfig, archive: Path, model, ctx: dict, threads: int,
                 return len(u8)
 
             try:
-                rows.append(_row("stage", "infer", measure_rate(infer_once, **m), "img/s", ctx, backend=backend,
-                                 precision=runner.precision, batch_size=b, threads=threads, **common))
+                rows.append(
+                    _row(
+                        "stage",
+                        "infer",
+                        measure_rate(infer_once, **m),
+                        "img/s",
+                        ctx,
+                        backend=backend,
+                        precision=runner.precision,
+                        batch_size=b,
+                        threads=threads,
+                        **common,
+                    )
+                )
             finally:
                 runner.close()
 
@@ -439,7 +517,7 @@ def _ceiling_pair(cfg: BenchConfig, model, ctx: dict, threads: int, good: list[s
     m = dict(min_seconds=cfg.min_seconds, repeats=cfg.repeats, warmup=cfg.warmup)
     common = {"warmup": cfg.warmup, "repeats": cfg.repeats, "min_seconds": cfg.min_seconds, "when": when}
     spec, bs = model.preprocessing, cfg.run_batch_size
-    batches = [good[i:i + bs] for i in range(0, len(good), bs)] or [good]
+    batches = [good[i : i + bs] for i in range(0, len(good), bs)] or [good]
     log(f"ceiling ({when} the end-to-end runs): decode cpu x{threads}, infer batch {bs}")
     dec = make_decoder("cpu", spec, threads=threads)
     cursor = [0]
@@ -457,13 +535,32 @@ def _ceiling_pair(cfg: BenchConfig, model, ctx: dict, threads: int, good: list[s
         dec.close()
     u8 = sample.images[sample.ok]
     x = np.empty((len(u8), spec.channels, spec.height, spec.width), np.float32)
-    runner = make_runner(ctx.get("backend", "onnxruntime"), model, threads=threads, engine_path=ctx.get("engine_path"), precision=ctx.get("precision")).load()
+    runner = make_runner(
+        ctx.get("backend", "onnxruntime"),
+        model,
+        threads=threads,
+        engine_path=ctx.get("engine_path"),
+        precision=ctx.get("precision"),
+    ).load()
     try:
         i = measure_rate(lambda: (runner.infer(normalize_into(x, u8, spec)), len(u8))[1], **m)
     finally:
         runner.close()
-    return [_row("ceiling", "decode", d, "img/s", ctx, decoder="cpu", threads=threads, batch_size=bs, **common),
-            _row("ceiling", "infer", i, "img/s", ctx, backend=runner.name, precision=runner.precision, threads=threads, batch_size=bs, **common)]
+    return [
+        _row("ceiling", "decode", d, "img/s", ctx, decoder="cpu", threads=threads, batch_size=bs, **common),
+        _row(
+            "ceiling",
+            "infer",
+            i,
+            "img/s",
+            ctx,
+            backend=runner.name,
+            precision=runner.precision,
+            threads=threads,
+            batch_size=bs,
+            **common,
+        ),
+    ]
 
 
 def _parquet_write_rate(entries, model, m) -> dict:
@@ -483,7 +580,15 @@ def _parquet_write_rate(entries, model, m) -> dict:
         path = os.path.join(tmp, "t.parquet")
 
         def write():
-            t = rows_to_table(rows, schema, model_sha256=model.sha256, backend="onnxruntime", precision="fp32", decoder="cpu", run_id="bench")
+            t = rows_to_table(
+                rows,
+                schema,
+                model_sha256=model.sha256,
+                backend="onnxruntime",
+                precision="fp32",
+                decoder="cpu",
+                run_id="bench",
+            )
             atomic_write_parquet(path, [t], schema)
             return len(rows)
 
@@ -500,7 +605,9 @@ def _spawn(spec: dict, timeout: float) -> tuple[dict, float]:
             json.dump(spec, f)
         log_path = os.path.join(tmp, "child.log")
         with open(log_path, "w") as logf:
-            p = subprocess.Popen([sys.executable, "-m", "octbatch.bench", "--child", spec_path], stdout=logf, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "octbatch.bench", "--child", spec_path], stdout=logf, stderr=subprocess.STDOUT
+            )
             deadline = time.monotonic() + timeout
             while True:
                 pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -543,15 +650,32 @@ def _child_octbatch(spec: dict) -> dict:
     from .config import RunConfig
     from .pipeline import run
 
-    cfg = RunConfig(archive=spec["archive"], out=spec["out"], model=spec.get("model"), engine=spec.get("engine"),
-                    batch_size=spec["batch_size"], threads=spec["threads"], executor=spec.get("executor", "local"),
-                    overwrite=True, decoder=spec.get("decoder", "auto"), **spec.get("run_kw", {}))
+    cfg = RunConfig(
+        archive=spec["archive"],
+        out=spec["out"],
+        model=spec.get("model"),
+        engine=spec.get("engine"),
+        batch_size=spec["batch_size"],
+        threads=spec["threads"],
+        executor=spec.get("executor", "local"),
+        overwrite=True,
+        decoder=spec.get("decoder", "auto"),
+        **spec.get("run_kw", {}),
+    )
     _apply_patch(spec.get("patch"))
     t0 = time.perf_counter()
     s = run(cfg)
     dt = time.perf_counter() - t0
-    return {"files": s.processed, "ok": s.ok, "errors": s.errors, "seconds": dt, "img_s": s.processed / dt if dt else 0.0,
-            "startup_seconds": s.startup_seconds, "run_files_per_second": s.files_per_second, "rows": s.rows}
+    return {
+        "files": s.processed,
+        "ok": s.ok,
+        "errors": s.errors,
+        "seconds": dt,
+        "img_s": s.processed / dt if dt else 0.0,
+        "startup_seconds": s.startup_seconds,
+        "run_files_per_second": s.files_per_second,
+        "rows": s.rows,
+    }
 
 
 def _apply_patch(patch: str | None) -> None:
@@ -636,7 +760,7 @@ def _child_naive(spec: dict) -> dict:
     paths, probs_list, errors = [], [], []
     for i in range(0, len(files), bs):
         imgs = []
-        for f in files[i:i + bs]:
+        for f in files[i : i + bs]:
             try:
                 imgs.append(_pillow_preprocess(f, p))
                 errors.append(None)
@@ -721,7 +845,13 @@ def _child_dataloader(spec: dict) -> dict:
         pool.close()
     _write_baseline_parquet(spec["out"], paths, probs_list, errors, list(model.classes))
     dt = time.perf_counter() - t0
-    return {"files": len(paths), "seconds": dt, "img_s": len(paths) / dt, "how": how, "errors": sum(e is not None for e in errors)}
+    return {
+        "files": len(paths),
+        "seconds": dt,
+        "img_s": len(paths) / dt,
+        "how": how,
+        "errors": sum(e is not None for e in errors),
+    }
 
 
 class _RayPredictor:
@@ -757,7 +887,12 @@ class _RayPredictor:
         x = (np.stack(imgs).astype(np.float32) / 255.0 - p.mean[0]) / p.std[0]
         x = np.repeat(x[:, None], p.channels, axis=1)
         probs = softmax(self.sess.run(None, {self.inp: x})[0])
-        return {"path": batch["path"], "pred": probs.argmax(1), "confidence": probs.max(1), "error": np.array(errs, dtype=object)}
+        return {
+            "path": batch["path"],
+            "pred": probs.argmax(1),
+            "confidence": probs.max(1),
+            "error": np.array(errs, dtype=object),
+        }
 
 
 def _child_ray_data(spec: dict) -> dict:
@@ -783,16 +918,27 @@ def _child_ray_data(spec: dict) -> dict:
         # read and write tasks: with whole CPUs per actor, the actors take every CPU and the read
         # task never gets scheduled (a hang, seen here on 2 cores).
         ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0.25)
-        ds = ds.map_batches(_RayPredictor, fn_constructor_args=(model.path, model.preprocessing.to_json(), 1),
-                            batch_size=spec["batch_size"], compute=ray.data.ActorPoolStrategy(size=threads),
-                            num_cpus=(threads - 0.5) / threads, batch_format="numpy")
+        ds = ds.map_batches(
+            _RayPredictor,
+            fn_constructor_args=(model.path, model.preprocessing.to_json(), 1),
+            batch_size=spec["batch_size"],
+            compute=ray.data.ActorPoolStrategy(size=threads),
+            num_cpus=(threads - 0.5) / threads,
+            batch_format="numpy",
+        )
         ds.write_parquet(spec["out"], ray_remote_args={"num_cpus": 0.25})
         dt = time.perf_counter() - t0
     finally:
         ray.shutdown()
     total = time.perf_counter() - t_start
-    return {"files": len(files), "seconds": total, "img_s": len(files) / total, "seconds_without_init": dt,
-            "img_s_without_init": len(files) / dt, "init_seconds": t_init}
+    return {
+        "files": len(files),
+        "seconds": total,
+        "img_s": len(files) / total,
+        "seconds_without_init": dt,
+        "img_s_without_init": len(files) / dt,
+        "init_seconds": t_init,
+    }
 
 
 def _child_discover(spec: dict) -> dict:
@@ -814,12 +960,19 @@ def _child_discover(spec: dict) -> dict:
     return {"files": n, "seconds": dt, "files_s": n / dt if dt else 0.0, "rss_before_mb": rss0}
 
 
-_CHILDREN = {"octbatch": _child_octbatch, "naive": _child_naive, "dataloader": _child_dataloader,
-             "ray_data": _child_ray_data, "discover": _child_discover}
+_CHILDREN = {
+    "octbatch": _child_octbatch,
+    "naive": _child_naive,
+    "dataloader": _child_dataloader,
+    "ray_data": _child_ray_data,
+    "discover": _child_discover,
+}
 
 
 # --------------------------------------------------------------------------------------------- runner
-def _repeat_child(spec: dict, repeats: int, warmup: int, timeout: float, outdir: Path, log) -> tuple[dict | None, list[dict], float]:
+def _repeat_child(
+    spec: dict, repeats: int, warmup: int, timeout: float, outdir: Path, log
+) -> tuple[dict | None, list[dict], float]:
     """Warm-up runs, then `repeats` timed runs, each in a fresh child with a fresh output."""
     results, rss = [], []
     for k in range(warmup + repeats):
@@ -838,18 +991,27 @@ def _repeat_child(spec: dict, repeats: int, warmup: int, timeout: float, outdir:
         if k >= warmup:
             results.append(res)
             rss.append(peak)
-        log(f"  {spec['label']} {'warm-up' if k < warmup else 'run'} {k}: {res['img_s']:.0f} img/s, peak RSS {peak:.0f} MiB")
+        log(
+            f"  {spec['label']} {'warm-up' if k < warmup else 'run'} {k}: {res['img_s']:.0f} img/s, peak RSS {peak:.0f} MiB"
+        )
     return summarize([r["img_s"] for r in results]), results, max(rss)
 
 
 def _e2e_rows(cfg: BenchConfig, archive: Path, ctx: dict, threads: int, log, tmp: Path) -> list[dict]:
     rows = []
-    common = {"archive": str(archive), "model": ctx["model_path"], "engine": cfg.engine, "batch_size": cfg.run_batch_size,
-              "threads": threads}
+    common = {
+        "archive": str(archive),
+        "model": ctx["model_path"],
+        "engine": cfg.engine,
+        "batch_size": cfg.run_batch_size,
+        "threads": threads,
+    }
     timeout = 600
     plan = [("e2e", f"octbatch run ({ex})", {"method": "octbatch", "executor": ex}) for ex in cfg.executors]
     for name, patch in cfg.extra.get("patches", {}).items():
-        plan.append(("experiment", f"octbatch run ({name})", {"method": "octbatch", "executor": "local", "patch": patch}))
+        plan.append(
+            ("experiment", f"octbatch run ({name})", {"method": "octbatch", "executor": "local", "patch": patch})
+        )
     for b in cfg.baselines:
         if b == "ray_data":
             from ._deps import is_available
@@ -861,14 +1023,31 @@ def _e2e_rows(cfg: BenchConfig, archive: Path, ctx: dict, threads: int, log, tmp
     for kind, name, extra in plan:
         log(f"end to end: {name}")
         label = name.replace(" ", "_").replace("(", "").replace(")", "").replace(":", "-").replace(",", "-")
-        st, results, rss = _repeat_child({**common, **extra, "label": label}, cfg.repeats, cfg.warmup, timeout, tmp, log)
+        st, results, rss = _repeat_child(
+            {**common, **extra, "label": label}, cfg.repeats, cfg.warmup, timeout, tmp, log
+        )
         if st is None:
             rows.append(_row(kind, name, None, "img/s", ctx, error=results[0]["error"][:2000], peak_rss_mb=rss))
             continue
         info = {k: v for k, v in results[-1].items() if k not in ("img_s", "seconds", "child_rss_self_mb")}
-        rows.append(_row(kind, name, st, "img/s", ctx, peak_rss_mb=round(rss, 1), batch_size=cfg.run_batch_size, threads=threads,
-                         warmup=cfg.warmup, repeats=cfg.repeats, files=results[-1].get("files"), executor=extra.get("executor"),
-                         patch=extra.get("patch"), detail=info))
+        rows.append(
+            _row(
+                kind,
+                name,
+                st,
+                "img/s",
+                ctx,
+                peak_rss_mb=round(rss, 1),
+                batch_size=cfg.run_batch_size,
+                threads=threads,
+                warmup=cfg.warmup,
+                repeats=cfg.repeats,
+                files=results[-1].get("files"),
+                executor=extra.get("executor"),
+                patch=extra.get("patch"),
+                detail=info,
+            )
+        )
     return rows
 
 
@@ -897,16 +1076,51 @@ def _scale_rows(cfg: BenchConfig, ctx: dict, threads: int, log) -> list[dict]:
                 if "error" in res:
                     rows.append(_row("scale", f"discover ({mode})", None, "files/s", ctx, files=n, error=res["error"]))
                     continue
-                rows.append(_row("scale", f"discover ({mode})", None, "files/s", ctx, files=res["files"], seconds=res["seconds"],
-                                 median=res["files_s"], peak_rss_mb=round(rss, 1), rss_before_mb=round(res["rss_before_mb"], 1),
-                                 build_seconds=round(build_s, 1), source=source_note))
+                rows.append(
+                    _row(
+                        "scale",
+                        f"discover ({mode})",
+                        None,
+                        "files/s",
+                        ctx,
+                        files=res["files"],
+                        seconds=res["seconds"],
+                        median=res["files_s"],
+                        peak_rss_mb=round(rss, 1),
+                        rss_before_mb=round(res["rss_before_mb"], 1),
+                        build_seconds=round(build_s, 1),
+                        source=source_note,
+                    )
+                )
             if n <= cfg.scale_e2e_max:
                 log(f"scale: octbatch run on {n}")
-                res, rss = _spawn({"method": "octbatch", "archive": str(root), "out": str(base / f"out-{n}.parquet"),
-                                   "model": ctx["model_path"], "engine": cfg.engine, "batch_size": cfg.run_batch_size,
-                                   "threads": threads}, 1800)
-                rows.append(_row("scale", "octbatch run", None, "img/s", ctx, files=res.get("files", n), seconds=res.get("seconds"),
-                                 median=res.get("img_s"), peak_rss_mb=round(rss, 1), error=res.get("error"), source=source_note))
+                res, rss = _spawn(
+                    {
+                        "method": "octbatch",
+                        "archive": str(root),
+                        "out": str(base / f"out-{n}.parquet"),
+                        "model": ctx["model_path"],
+                        "engine": cfg.engine,
+                        "batch_size": cfg.run_batch_size,
+                        "threads": threads,
+                    },
+                    1800,
+                )
+                rows.append(
+                    _row(
+                        "scale",
+                        "octbatch run",
+                        None,
+                        "img/s",
+                        ctx,
+                        files=res.get("files", n),
+                        seconds=res.get("seconds"),
+                        median=res.get("img_s"),
+                        peak_rss_mb=round(rss, 1),
+                        error=res.get("error"),
+                        source=source_note,
+                    )
+                )
     finally:
         if not cfg.scale_dir:
             log("scale: removing the linked archives")
@@ -916,6 +1130,7 @@ def _scale_rows(cfg: BenchConfig, ctx: dict, threads: int, log) -> list[dict]:
 
 def _derive(rows: list[dict], cfg: BenchConfig, threads: int, gpu: bool) -> dict:
     """Ceilings, efficiencies and ratios computed from the measured rows."""
+
     def med(pred):
         r = next((r for r in rows if pred(r) and r.get("median") is not None), None)
         return r["median"] if r else None
@@ -925,13 +1140,30 @@ def _derive(rows: list[dict], cfg: BenchConfig, threads: int, gpu: bool) -> dict
         return max(xs) if xs else None
 
     chosen = "cpu"
-    decode = best("decode") or med(lambda r: r["kind"] == "stage" and r["name"] == "decode" and r.get("decoder") == chosen and r.get("threads") == threads)
-    infer = best("infer") or med(lambda r: r["kind"] == "stage" and r["name"] == "infer" and r.get("batch_size") == cfg.run_batch_size)
-    d = {"decoder": chosen, "decode_ceiling": decode, "infer_ceiling": infer, "batch_size": cfg.run_batch_size, "threads": threads,
-         "rule": "min(decode, infer)" if gpu else "1/(1/decode + 1/infer)",
-         "ceiling_note": "decode and inference ceilings measured right before and right after the end-to-end runs; the larger of each is used"}
+    decode = best("decode") or med(
+        lambda r: (
+            r["kind"] == "stage"
+            and r["name"] == "decode"
+            and r.get("decoder") == chosen
+            and r.get("threads") == threads
+        )
+    )
+    infer = best("infer") or med(
+        lambda r: r["kind"] == "stage" and r["name"] == "infer" and r.get("batch_size") == cfg.run_batch_size
+    )
+    d = {
+        "decoder": chosen,
+        "decode_ceiling": decode,
+        "infer_ceiling": infer,
+        "batch_size": cfg.run_batch_size,
+        "threads": threads,
+        "rule": "min(decode, infer)" if gpu else "1/(1/decode + 1/infer)",
+        "ceiling_note": "decode and inference ceilings measured right before and right after the end-to-end runs; the larger of each is used",
+    }
     d["combined_ceiling"] = combined_ceiling(decode, infer, shared_cores=not gpu) if decode and infer else None
-    octb = med(lambda r: r["kind"] == "e2e" and r["name"] == "octbatch run (local)") or med(lambda r: r["kind"] == "e2e")
+    octb = med(lambda r: r["kind"] == "e2e" and r["name"] == "octbatch run (local)") or med(
+        lambda r: r["kind"] == "e2e"
+    )
     d["octbatch_img_s"] = octb
     d["efficiency"] = efficiency(octb, d["combined_ceiling"]) if octb and d["combined_ceiling"] else None
     d["ratios"] = {}  # octbatch / baseline, measured side by side
@@ -961,14 +1193,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> 
     ctx = {"machine": machine_facts(), "versions": library_versions()}
     work = Path(tempfile.mkdtemp(prefix="octbatch-bench-"))
     try:
-        archive, archive_note = prepare_archive(archive=cfg.archive, synthetic=cfg.synthetic, files=cfg.files if not cfg.synthetic else 0, workdir=work)
+        archive, archive_note = prepare_archive(
+            archive=cfg.archive, synthetic=cfg.synthetic, files=cfg.files if not cfg.synthetic else 0, workdir=work
+        )
         log(f"archive: {archive_note}")
         model, model_path = _load_model(cfg, ctx)
         ctx["model_path"] = model_path
         rows = _stage_rows(cfg, archive, model, ctx, threads, log)
         rows += _e2e_rows(cfg, archive, ctx, threads, log, work)
-        good = [e.abspath for e in __import__("octbatch.archive", fromlist=["discover"]).discover(archive)
-                if e.size > 0 and not e.path.startswith("broken/")]
+        good = [
+            e.abspath
+            for e in __import__("octbatch.archive", fromlist=["discover"]).discover(archive)
+            if e.size > 0 and not e.path.startswith("broken/")
+        ]
         rows += _ceiling_pair(cfg, model, ctx, threads, good, when="after", log=log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -981,8 +1218,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> 
         "machine": ctx["machine"],
         "versions": ctx["versions"],
         "archive": archive_note,
-        "model": {"path": model_path, "sha256": model.sha256, "classes": list(model.classes),
-                  "input": [model.preprocessing.channels, *model.preprocessing.input_size]},
+        "model": {
+            "path": model_path,
+            "sha256": model.sha256,
+            "classes": list(model.classes),
+            "input": [model.preprocessing.channels, *model.preprocessing.input_size],
+        },
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
         "derived": derived,
         "rows": rows,
@@ -1014,7 +1255,9 @@ def _load_model(cfg: BenchConfig, ctx: dict):
         from .config import RunConfig
         from .pipeline import _resolve_runtime
 
-        model, _, backend, engine_path, precision = _resolve_runtime(RunConfig(archive=".", out="x.parquet", model=cfg.model, engine=cfg.engine))
+        model, _, backend, engine_path, precision = _resolve_runtime(
+            RunConfig(archive=".", out="x.parquet", model=cfg.model, engine=cfg.engine)
+        )
         ctx.update(engine_path=engine_path, precision=precision)
         cfg.backends = (backend,)
         return model, model.path

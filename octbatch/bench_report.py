@@ -69,14 +69,22 @@ def render_markdown(res: dict) -> str:
         f"decode {fmt_rate(d.get('decode_ceiling'))} img/s, inference {fmt_rate(d.get('infer_ceiling'))} img/s "
         f"-> **{fmt_rate(ceiling)} img/s**."
     )
-    lines.append(f"- `octbatch run`: **{fmt_rate(d.get('octbatch_img_s'))} img/s = {_pct(d.get('efficiency'))} of the combined ceiling**.")
+    lines.append(
+        f"- `octbatch run`: **{fmt_rate(d.get('octbatch_img_s'))} img/s = {_pct(d.get('efficiency'))} of the combined ceiling**."
+    )
     for name, ratio in d.get("ratios", {}).items():
         lines.append(f"- octbatch vs {name}: **{ratio:.2f}x**")
     for name, ratio in d.get("experiments", {}).items():
         lines.append(f"- experiment {name}: {ratio:.2f}x the default run")
     if d.get("ceiling_note"):
         lines.append(f"- ({d['ceiling_note']}.)")
-    lines += ["", "## Stage ceilings (each stage alone)", "", "| stage | configuration | median | spread | unit |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Stage ceilings (each stage alone)",
+        "",
+        "| stage | configuration | median | spread | unit |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["kind"] not in ("stage", "ceiling"):
             continue
@@ -86,8 +94,13 @@ def render_markdown(res: dict) -> str:
             lines.append(f"| {r['name']} | {_cfg(r)} | skipped: {r['skipped']} | | {r['unit']} |")
             continue
         lines.append(f"| {r['name']} | {_cfg(r)} | {fmt_rate(r.get('median'))} | {_spread(r)} | {r['unit']} |")
-    lines += ["", "## End to end and baselines (same archive, same model, one bench run)", "",
-              "| method | median img/s | spread | vs ceiling | octbatch is | peak RSS MiB | note |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## End to end and baselines (same archive, same model, one bench run)",
+        "",
+        "| method | median img/s | spread | vs ceiling | octbatch is | peak RSS MiB | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["kind"] not in ("e2e", "baseline", "experiment"):
             continue
@@ -109,19 +122,33 @@ def render_markdown(res: dict) -> str:
             note = f"without ray.init: {fmt_rate(det['img_s_without_init'])} img/s (init {det['init_seconds']:.1f} s)"
         if r.get("errors") or det.get("errors"):
             note += f" {det.get('errors')} unreadable file(s)"
-        lines.append(f"| {r['name']} | {fmt_rate(r['median'])} | {_spread(r)} | {eff} | {'%.2fx' % ratio if ratio else '–'} | "
-                     f"{fmt_rate(r.get('peak_rss_mb'))} | {note.strip()} |")
+        lines.append(
+            f"| {r['name']} | {fmt_rate(r['median'])} | {_spread(r)} | {eff} | {f'{ratio:.2f}x' if ratio else '–'} | "
+            f"{fmt_rate(r.get('peak_rss_mb'))} | {note.strip()} |"
+        )
     scale = [r for r in rows if r["kind"] == "scale"]
     if scale:
         src = next((r.get("source") for r in scale if r.get("source")), "")
-        lines += ["", "## Scale", "", f"Archives made by hard links ({src}); page cache warm (the links were just made).", "",
-                  "| files | measurement | seconds | files/s or img/s | peak RSS MiB |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Scale",
+            "",
+            f"Archives made by hard links ({src}); page cache warm (the links were just made).",
+            "",
+            "| files | measurement | seconds | files/s or img/s | peak RSS MiB |",
+            "|---|---|---|---|---|",
+        ]
         for r in scale:
             secs = f"{r['seconds']:.2f}" if r.get("seconds") is not None else "–"
             extra = f" (failed: {str(r['error'])[:120]})" if r.get("error") else ""
-            lines.append(f"| {r.get('files', 0):,} | {r['name']}{extra} | {secs} | {fmt_rate(r.get('median'))} | {fmt_rate(r.get('peak_rss_mb'))} |")
-        lines += ["", "`discover (count)`: octbatch.archive.discover alone. `discover (keys)`: discovery while holding the per-file "
-                  "key set that `octbatch run` keeps (its memory at that archive size, before any inference)."]
+            lines.append(
+                f"| {r.get('files', 0):,} | {r['name']}{extra} | {secs} | {fmt_rate(r.get('median'))} | {fmt_rate(r.get('peak_rss_mb'))} |"
+            )
+        lines += [
+            "",
+            "`discover (count)`: octbatch.archive.discover alone. `discover (keys)`: discovery while holding the per-file "
+            "key set that `octbatch run` keeps (its memory at that archive size, before any inference).",
+        ]
     charts = res.get("charts")
     lines += [""]
     if isinstance(charts, list) and charts:
@@ -139,6 +166,7 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
     except ImportError:
         return [], "skipped (matplotlib is not installed: pip install matplotlib)"
     from .report.charts import figure  # the HTML report's figures: matplotlib's object API, no pyplot state
+
     outdir = Path(outdir)
     paths = []
     rows = res["rows"]
@@ -148,20 +176,38 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
     for r in rows:
         if r.get("median") is None or r["kind"] == "scale" or r.get("unit") != "img/s":
             continue
-        label = r["name"] if r["kind"] not in ("stage", "ceiling") else f"{r['name']} {r.get('decoder') or r.get('backend', '')} " + (
-            f"x{r['threads']}" if r["name"] == "decode" else f"b{r.get('batch_size')}") + (f" ({r['when']} e2e)" if r.get("when") else "")
+        label = (
+            r["name"]
+            if r["kind"] not in ("stage", "ceiling")
+            else f"{r['name']} {r.get('decoder') or r.get('backend', '')} "
+            + (f"x{r['threads']}" if r["name"] == "decode" else f"b{r.get('batch_size')}")
+            + (f" ({r['when']} e2e)" if r.get("when") else "")
+        )
         bars.append((label, r["median"], r.get("min", r["median"]), r.get("max", r["median"]), r["kind"]))
     if bars:
-        colors = {"stage": "#8fa8c8", "ceiling": "#5b7fae", "e2e": "#2a6f3a", "baseline": "#c0504d", "experiment": "#d9a441"}
+        colors = {
+            "stage": "#8fa8c8",
+            "ceiling": "#5b7fae",
+            "e2e": "#2a6f3a",
+            "baseline": "#c0504d",
+            "experiment": "#d9a441",
+        }
         fig = figure(8, 0.35 * len(bars) + 1.5)
         ax = fig.subplots()
         ys = range(len(bars))
-        ax.barh(list(ys), [b[1] for b in bars], color=[colors[b[4]] for b in bars],
-                xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], capsize=2)
+        ax.barh(
+            list(ys),
+            [b[1] for b in bars],
+            color=[colors[b[4]] for b in bars],
+            xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]],
+            capsize=2,
+        )
         ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=8)
         ax.invert_yaxis()
         if d.get("combined_ceiling"):
-            ax.axvline(d["combined_ceiling"], color="k", ls="--", lw=1, label=f"combined ceiling {d['combined_ceiling']:.0f}")
+            ax.axvline(
+                d["combined_ceiling"], color="k", ls="--", lw=1, label=f"combined ceiling {d['combined_ceiling']:.0f}"
+            )
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel("images per second (median, min–max)")
         ax.set_title("octbatch bench: stages, end to end, baselines", fontsize=10)
@@ -169,7 +215,9 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
         fig.savefig(p, dpi=90)
         paths.append(str(p))
 
-    scale = [r for r in rows if r["kind"] == "scale" and r.get("seconds") is not None and r["name"].startswith("discover")]
+    scale = [
+        r for r in rows if r["kind"] == "scale" and r.get("seconds") is not None and r["name"].startswith("discover")
+    ]
     if scale:
         fig = figure(9, 3.4)
         a1, a2 = fig.subplots(1, 2)

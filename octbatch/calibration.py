@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,13 +80,15 @@ def reliability_bins(probs: np.ndarray, y: Sequence[int], n_bins: int = 15) -> l
     for k in range(n_bins):
         m = which == k
         n = int(m.sum())
-        out.append({
-            "lo": round(float(edges[k]), 4),
-            "hi": round(float(edges[k + 1]), 4),
-            "n": n,
-            "confidence": round(float(conf[m].mean()), 4) if n else None,
-            "accuracy": round(float(correct[m].mean()), 4) if n else None,
-        })
+        out.append(
+            {
+                "lo": round(float(edges[k]), 4),
+                "hi": round(float(edges[k + 1]), 4),
+                "n": n,
+                "confidence": round(float(conf[m].mean()), 4) if n else None,
+                "accuracy": round(float(correct[m].mean()), 4) if n else None,
+            }
+        )
     return out
 
 

@@ -47,8 +47,15 @@ def _config_defaults(ctx, param, value):
 
 @click.group(cls=OctbatchGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="octbatch")
-@click.option("--config", type=click.Path(dir_okay=False), envvar="OCTBATCH_CONFIG", callback=_config_defaults,
-              is_eager=True, expose_value=False, help="TOML file whose [run], [bench], ... tables set option defaults.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="OCTBATCH_CONFIG",
+    callback=_config_defaults,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file whose [run], [bench], ... tables set option defaults.",
+)
 def cli():
     """Classify archives of retinal OCT scans into one Parquet table."""
 
@@ -61,67 +68,205 @@ def _csv(values) -> tuple[str, ...]:
 
 
 def _model_options(f):
-    for opt in reversed([
-        click.option("--model", type=click.Path(dir_okay=False), envvar="OCTBATCH_MODEL", help="ONNX classifier [default: the shipped OCT model]."),
-        click.option("--classes", help="Class names in output order, comma-separated (for models without octbatch metadata)."),
-        click.option("--input-size", help="Model input HxW, e.g. 224 or 224x224 (models without metadata)."),
-        click.option("--mean", help="Normalisation mean on the 0..1 scale, one value or one per channel."),
-        click.option("--std", help="Normalisation std on the 0..1 scale, one value or one per channel."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--model",
+                type=click.Path(dir_okay=False),
+                envvar="OCTBATCH_MODEL",
+                help="ONNX classifier [default: the shipped OCT model].",
+            ),
+            click.option(
+                "--classes", help="Class names in output order, comma-separated (for models without octbatch metadata)."
+            ),
+            click.option("--input-size", help="Model input HxW, e.g. 224 or 224x224 (models without metadata)."),
+            click.option("--mean", help="Normalisation mean on the 0..1 scale, one value or one per channel."),
+            click.option("--std", help="Normalisation std on the 0..1 scale, one value or one per channel."),
+        ]
+    ):
         f = opt(f)
     return f
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("archive", type=str)
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), envvar="OCTBATCH_OUT", help="Output Parquet file.")
+@click.option(
+    "--out", "-o", required=True, type=click.Path(dir_okay=False), envvar="OCTBATCH_OUT", help="Output Parquet file."
+)
 @_model_options
-@click.option("--engine", type=click.Path(dir_okay=False), envvar="OCTBATCH_ENGINE", help="A built engine (octbatch build-engine); its fingerprint is checked first.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", envvar="OCTBATCH_BACKEND")
-@click.option("--rebuild-on-mismatch", is_flag=True, help="Rebuild --engine when its fingerprint does not match this machine.")
-@click.option("--decoder", type=click.Choice(["auto", "cpu", "pillow", "dali"]), default="auto", envvar="OCTBATCH_DECODER",
-              help="auto: DALI on a GPU, else the fastest CPU decoder measured (simplejpeg).")
+@click.option(
+    "--engine",
+    type=click.Path(dir_okay=False),
+    envvar="OCTBATCH_ENGINE",
+    help="A built engine (octbatch build-engine); its fingerprint is checked first.",
+)
+@click.option(
+    "--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", envvar="OCTBATCH_BACKEND"
+)
+@click.option(
+    "--rebuild-on-mismatch", is_flag=True, help="Rebuild --engine when its fingerprint does not match this machine."
+)
+@click.option(
+    "--decoder",
+    type=click.Choice(["auto", "cpu", "pillow", "dali"]),
+    default="auto",
+    envvar="OCTBATCH_DECODER",
+    help="auto: DALI on a GPU, else the fastest CPU decoder measured (simplejpeg).",
+)
 @click.option("--batch-size", "-b", type=int, default=64, envvar="OCTBATCH_BATCH_SIZE")
-@click.option("--threads", "-j", type=int, default=0, envvar="OCTBATCH_THREADS", help="Decode and inference threads; 0 = all cores.")
+@click.option(
+    "--threads",
+    "-j",
+    type=int,
+    default=0,
+    envvar="OCTBATCH_THREADS",
+    help="Decode and inference threads; 0 = all cores.",
+)
 @click.option("--limit", type=int, help="Classify only the first N files (in discovery order).")
 @click.option("--include", multiple=True, help="Only paths matching this glob (repeatable, or comma-separated).")
 @click.option("--exclude", multiple=True, help="Skip paths matching this glob (repeatable, or comma-separated).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output and its unfinished work.")
-@click.option("--shard", envvar="OCTBATCH_SHARD", help="Process only slice i of N (i/N, from 0); assemble with octbatch merge.")
-@click.option("--shard-size", type=int, default=1024, envvar="OCTBATCH_SHARD_SIZE", help="Files per committed shard (the unit of resume).")
+@click.option(
+    "--shard", envvar="OCTBATCH_SHARD", help="Process only slice i of N (i/N, from 0); assemble with octbatch merge."
+)
+@click.option(
+    "--shard-size",
+    type=int,
+    default=1024,
+    envvar="OCTBATCH_SHARD_SIZE",
+    help="Files per committed shard (the unit of resume).",
+)
 @click.option("--retry-errors", is_flag=True, help="Also retry files whose earlier rows say status=error.")
-@click.option("--max-pixels", type=int, default=64_000_000, help="Refuse images whose header claims more pixels (decompression bombs).")
+@click.option(
+    "--max-pixels",
+    type=int,
+    default=64_000_000,
+    help="Refuse images whose header claims more pixels (decompression bombs).",
+)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", envvar="OCTBATCH_EXECUTOR")
-@click.option("--ray-address", envvar="OCTBATCH_RAY_ADDRESS", help="auto, ray://host:port or host:port; none starts a local Ray.")
-@click.option("--workers", type=int, envvar="OCTBATCH_WORKERS", help="Ray actors [default: one per GPU, else one per 2 CPUs].")
-@click.option("--gpus-per-worker", type=float, default=None, envvar="OCTBATCH_GPUS_PER_WORKER", help="GPUs per Ray actor [default: 1 when the cluster has GPUs].")
+@click.option(
+    "--ray-address", envvar="OCTBATCH_RAY_ADDRESS", help="auto, ray://host:port or host:port; none starts a local Ray."
+)
+@click.option(
+    "--workers", type=int, envvar="OCTBATCH_WORKERS", help="Ray actors [default: one per GPU, else one per 2 CPUs]."
+)
+@click.option(
+    "--gpus-per-worker",
+    type=float,
+    default=None,
+    envvar="OCTBATCH_GPUS_PER_WORKER",
+    help="GPUs per Ray actor [default: 1 when the cluster has GPUs].",
+)
 @click.option("--max-shard-retries", type=int, default=2, envvar="OCTBATCH_MAX_SHARD_RETRIES")
-@click.option("--formats", multiple=True, envvar="OCTBATCH_FORMATS",
-              help="Look only at these formats: jpeg, png, tiff, dicom (comma-separated) [default: all].")
-@click.option("--phi", type=click.Choice(["pseudonymise", "keep"]), default="pseudonymise", envvar="OCTBATCH_PHI",
-              help="DICOM patient IDs: keyed HMAC-SHA256 pseudonyms, or keep the real IDs.")
-@click.option("--phi-key-file", type=click.Path(dir_okay=False), envvar="OCTBATCH_PHI_KEY_FILE",
-              help="Key for the pseudonyms [default: $OCTBATCH_PHI_KEY, else a random key per output table].")
-@click.option("--max-volume-pixels", type=int, default=4_000_000_000, help="Refuse volumes whose header claims more pixels (rows x columns x frames).")
-@click.option("--volumes", "volumes_out", type=click.Path(dir_okay=False), help="Also write the per-volume table (one row per DICOM series, TIFF stack or patient).")
+@click.option(
+    "--formats",
+    multiple=True,
+    envvar="OCTBATCH_FORMATS",
+    help="Look only at these formats: jpeg, png, tiff, dicom (comma-separated) [default: all].",
+)
+@click.option(
+    "--phi",
+    type=click.Choice(["pseudonymise", "keep"]),
+    default="pseudonymise",
+    envvar="OCTBATCH_PHI",
+    help="DICOM patient IDs: keyed HMAC-SHA256 pseudonyms, or keep the real IDs.",
+)
+@click.option(
+    "--phi-key-file",
+    type=click.Path(dir_okay=False),
+    envvar="OCTBATCH_PHI_KEY_FILE",
+    help="Key for the pseudonyms [default: $OCTBATCH_PHI_KEY, else a random key per output table].",
+)
+@click.option(
+    "--max-volume-pixels",
+    type=int,
+    default=4_000_000_000,
+    help="Refuse volumes whose header claims more pixels (rows x columns x frames).",
+)
+@click.option(
+    "--volumes",
+    "volumes_out",
+    type=click.Path(dir_okay=False),
+    help="Also write the per-volume table (one row per DICOM series, TIFF stack or patient).",
+)
 @click.option("--min-frames", type=int, default=1, help="Per-volume rule: frames a finding needs.")
 @click.option("--min-prob", type=float, default=0.0, help="Per-volume rule: confidence a frame needs to count.")
 @click.option("--referral", multiple=True, help="Per-volume rule: CLASS=urgent|routine|observation (repeatable).")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="For an s3:// ARCHIVE: an S3 setting beyond the AWS_* variables (repeatable), e.g. virtual_hosted_style_request=false.")
-@click.option("--gate", type=click.Choice(["flag", "reject", "off"]), default="flag", envvar="OCTBATCH_GATE",
-              help="OCT gate for images that are not B-scans: flag (status=suspect, prediction kept), reject (status=not_oct, no prediction), off.")
-@click.option("--gate-model", type=click.Path(dir_okay=False), envvar="OCTBATCH_GATE_MODEL", help="Gate ONNX file (octbatch train-gate) [default: the shipped gate].")
-@click.option("--gate-threshold", type=click.FloatRange(0.0, 1.0), default=None, envvar="OCTBATCH_GATE_THRESHOLD",
-              help="Flag rows whose oct_score is below this [default: the threshold stored in the gate file].")
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="For an s3:// ARCHIVE: an S3 setting beyond the AWS_* variables (repeatable), e.g. virtual_hosted_style_request=false.",
+)
+@click.option(
+    "--gate",
+    type=click.Choice(["flag", "reject", "off"]),
+    default="flag",
+    envvar="OCTBATCH_GATE",
+    help="OCT gate for images that are not B-scans: flag (status=suspect, prediction kept), reject (status=not_oct, no prediction), off.",
+)
+@click.option(
+    "--gate-model",
+    type=click.Path(dir_okay=False),
+    envvar="OCTBATCH_GATE_MODEL",
+    help="Gate ONNX file (octbatch train-gate) [default: the shipped gate].",
+)
+@click.option(
+    "--gate-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    envvar="OCTBATCH_GATE_THRESHOLD",
+    help="Flag rows whose oct_score is below this [default: the threshold stored in the gate file].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("--verbose", "-v", count=True, help="Log progress lines even when stderr is not a terminal.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(archive, out, model, classes, input_size, mean, std, engine, backend, rebuild_on_mismatch, decoder, batch_size, threads,
-        limit, include, exclude, overwrite, shard, shard_size, retry_errors, max_pixels, executor, ray_address, workers,
-        gpus_per_worker, max_shard_retries, formats, phi, phi_key_file, max_volume_pixels, volumes_out, min_frames, min_prob,
-        referral, storage_options, gate, gate_model, gate_threshold, as_json, quiet, verbose, no_progress):
+def run(
+    archive,
+    out,
+    model,
+    classes,
+    input_size,
+    mean,
+    std,
+    engine,
+    backend,
+    rebuild_on_mismatch,
+    decoder,
+    batch_size,
+    threads,
+    limit,
+    include,
+    exclude,
+    overwrite,
+    shard,
+    shard_size,
+    retry_errors,
+    max_pixels,
+    executor,
+    ray_address,
+    workers,
+    gpus_per_worker,
+    max_shard_retries,
+    formats,
+    phi,
+    phi_key_file,
+    max_volume_pixels,
+    volumes_out,
+    min_frames,
+    min_prob,
+    referral,
+    storage_options,
+    gate,
+    gate_model,
+    gate_threshold,
+    as_json,
+    quiet,
+    verbose,
+    no_progress,
+):
     """Classify every scan under ARCHIVE into one Parquet table (--out).
 
     Rerunning with the same --out resumes after a crash and, on a grown archive, classifies only
@@ -142,15 +287,45 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
     if executor == "local" and (ray_address or workers):
         executor = "ray"
     cfg = RunConfig(
-        archive=archive, out=out, model=model, engine=engine, backend=backend, rebuild_on_mismatch=rebuild_on_mismatch,
-        classes=classes, input_size=input_size, mean=mean, std=std, decoder=decoder, batch_size=batch_size, threads=threads,
-        limit=limit, include=_csv(include), exclude=_csv(exclude), overwrite=overwrite, shard=shard, shard_size=shard_size,
-        retry_errors=retry_errors, max_pixels=max_pixels, executor=executor, ray_address=ray_address, workers=workers,
-        gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0, max_shard_retries=max_shard_retries,
-        fault_hook=os.environ.get("OCTBATCH_FAULT"), storage_options=tuple(storage_options),
-        gate=gate, gate_model=gate_model, gate_threshold=gate_threshold,
-        formats=_csv(formats), phi=phi, phi_key_file=phi_key_file, max_volume_pixels=max_volume_pixels, volumes=volumes_out,
-        volume_min_frames=min_frames, volume_min_prob=min_prob, referral=_csv(referral),
+        archive=archive,
+        out=out,
+        model=model,
+        engine=engine,
+        backend=backend,
+        rebuild_on_mismatch=rebuild_on_mismatch,
+        classes=classes,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        decoder=decoder,
+        batch_size=batch_size,
+        threads=threads,
+        limit=limit,
+        include=_csv(include),
+        exclude=_csv(exclude),
+        overwrite=overwrite,
+        shard=shard,
+        shard_size=shard_size,
+        retry_errors=retry_errors,
+        max_pixels=max_pixels,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0,
+        max_shard_retries=max_shard_retries,
+        fault_hook=os.environ.get("OCTBATCH_FAULT"),
+        storage_options=tuple(storage_options),
+        gate=gate,
+        gate_model=gate_model,
+        gate_threshold=gate_threshold,
+        formats=_csv(formats),
+        phi=phi,
+        phi_key_file=phi_key_file,
+        max_volume_pixels=max_volume_pixels,
+        volumes=volumes_out,
+        volume_min_frames=min_frames,
+        volume_min_prob=min_prob,
+        referral=_csv(referral),
     )
     reporter = make_reporter(quiet=quiet, verbose=verbose, no_progress=no_progress)
     summary = run_pipeline(cfg, reporter)
@@ -164,25 +339,40 @@ def run(archive, out, model, classes, input_size, mean, std, engine, backend, re
 def _print_summary(s) -> None:
     lines = [
         f"octbatch: {s.discovered} file(s) discovered, {s.processed} classified now ({s.ok} ok, {s.errors} unreadable), "
-        f"{s.skipped} already done" + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
+        f"{s.skipped} already done"
+        + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
         f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
     ]
     if s.suspect or s.not_oct:
-        what = f"{s.suspect} flagged status=suspect (prediction kept)" if s.suspect else f"{s.not_oct} rejected status=not_oct"
-        lines.append(f"octbatch: OCT gate: {what}: they do not look like OCT B-scans; see the gate_reason column or octbatch report")
+        what = (
+            f"{s.suspect} flagged status=suspect (prediction kept)"
+            if s.suspect
+            else f"{s.not_oct} rejected status=not_oct"
+        )
+        lines.append(
+            f"octbatch: OCT gate: {what}: they do not look like OCT B-scans; see the gate_reason column or octbatch report"
+        )
     if s.discovered == 0:
-        lines.append(f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff .dcm, DICOM) found under {s.archive}; check the path and --include/--exclude")
+        lines.append(
+            f"octbatch: warning: no image files (.jpeg .jpg .png .tif .tiff .dcm, DICOM) found under {s.archive}; check the path and --include/--exclude"
+        )
     if s.failed_files:
-        lines.append(f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them")
+        lines.append(
+            f"octbatch: {len(s.failed_shards)} shard(s) ({s.failed_files} files) failed on every retry; rerun to retry them"
+        )
     if s.redone_shards:
-        shown = ", ".join(s.redone_shards[:5]) + (f" and {len(s.redone_shards) - 5} more" if len(s.redone_shards) > 5 else "")
+        shown = ", ".join(s.redone_shards[:5]) + (
+            f" and {len(s.redone_shards) - 5} more" if len(s.redone_shards) > 5 else ""
+        )
         lines.append(f"octbatch: {len(s.redone_shards)} shard(s) redone after a worker died or a try failed: {shown}")
     if s.merged:
         lines.append(f"octbatch: wrote {s.rows} row(s) to {s.out}")
     if getattr(s, "volumes", None) is not None:
         lines.append(f"octbatch: wrote {s.volumes} volume row(s)")
     else:
-        lines.append(f"octbatch: slice {s.slice} committed under {s.out}.parts; run octbatch merge {s.out} when all slices are done")
+        lines.append(
+            f"octbatch: slice {s.slice} committed under {s.out}.parts; run octbatch merge {s.out} when all slices are done"
+        )
     click.echo("\n".join(lines), err=True)
 
 
@@ -200,18 +390,41 @@ def merge(out, archive, allow_missing, as_json, quiet):
     if as_json:
         click.echo(json.dumps(s.to_dict(), indent=1, default=str))
     if not quiet:
-        click.echo(f"octbatch: merged {s.rows} row(s) into {s.out}" + (f", dropped {s.dropped_deleted} row(s) of deleted files" if s.dropped_deleted else ""), err=True)
+        click.echo(
+            f"octbatch: merged {s.rows} row(s) into {s.out}"
+            + (f", dropped {s.dropped_deleted} row(s) of deleted files" if s.dropped_deleted else ""),
+            err=True,
+        )
     sys.exit(ExitCode.FAILED_SHARDS if s.failed_files else 0)
 
 
 @cli.command()
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write one self-contained HTML report here (needs the report extra).")
-@click.option("--archive", type=click.Path(file_okay=False), help="Read the sample scans from here [default: the table's archive root].")
-@click.option("--top", type=int, default=20, help="Rows in each list of the HTML report (mistakes, least confident, patients).")
-@click.option("--referrals", type=click.Path(dir_okay=False), help="Write every patient's referral level to this CSV (with --html).")
-@click.option("--png-dir", type=click.Path(file_okay=False), help="Also write the report's charts as PNG files here (with --html).")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False),
+    help="Also write one self-contained HTML report here (needs the report extra).",
+)
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False),
+    help="Read the sample scans from here [default: the table's archive root].",
+)
+@click.option(
+    "--top", type=int, default=20, help="Rows in each list of the HTML report (mistakes, least confident, patients)."
+)
+@click.option(
+    "--referrals",
+    type=click.Path(dir_okay=False),
+    help="Write every patient's referral level to this CSV (with --html).",
+)
+@click.option(
+    "--png-dir",
+    type=click.Path(file_okay=False),
+    help="Also write the report's charts as PNG files here (with --html).",
+)
 def report(results, as_json, html_out, archive, top, referrals, png_dir):
     """Summarise a results table: predictions, unreadable files, accuracy where names give labels.
 
@@ -226,7 +439,9 @@ def report(results, as_json, html_out, archive, top, referrals, png_dir):
     from .report import render_text, summary_dict
 
     if (referrals or png_dir) and not html_out:
-        raise OctbatchError("--referrals and --png-dir are written together with the HTML report", "Add --html report.html.")
+        raise OctbatchError(
+            "--referrals and --png-dir are written together with the HTML report", "Add --html report.html."
+        )
     if html_out:
         from .report import write_html
 
@@ -238,8 +453,12 @@ def report(results, as_json, html_out, archive, top, referrals, png_dir):
         s = summary_dict(aggregate(results, details=False))
     click.echo(json.dumps(s, indent=1) if as_json else render_text(s))
     if html_out:
-        click.echo(f"octbatch: wrote the HTML report {html_out}" + (f", {res['patients']} patient(s) to {referrals}" if referrals else "")
-                   + (f", {len(res['pngs'])} chart(s) to {png_dir}" if png_dir else ""), err=True)
+        click.echo(
+            f"octbatch: wrote the HTML report {html_out}"
+            + (f", {res['patients']} patient(s) to {referrals}" if referrals else "")
+            + (f", {len(res['pngs'])} chart(s) to {png_dir}" if png_dir else ""),
+            err=True,
+        )
 
 
 @cli.command()
@@ -252,7 +471,9 @@ def synth(directory, n, seed, no_broken):
     from .synth import make_archive
 
     info = make_archive(directory, n, seed=seed, broken=not no_broken)
-    click.echo(f"octbatch: wrote {info['scans']} synthetic scans and {info['broken']} broken file(s) to {directory}", err=True)
+    click.echo(
+        f"octbatch: wrote {info['scans']} synthetic scans and {info['broken']} broken file(s) to {directory}", err=True
+    )
 
 
 @cli.command()
@@ -261,12 +482,23 @@ def synth(directory, n, seed, no_broken):
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the shipped model's].")
 @click.option("--seed", type=int, default=0)
 @click.option("--threads", type=int, default=0)
-@click.option("--resize", type=click.Choice(["center_crop", "stretch"]), default=None,
-              help="How a scan becomes the square input [default: center_crop, chosen by the width experiment].")
-@click.option("--lateral-scale", default=None, metavar="LO,HI|off",
-              help="Random lateral scale augmentation range [default: 0.6,1.6]; 'off' disables it.")
-@click.option("--report-dir", type=click.Path(file_okay=False),
-              help="Also write metrics.json, training curves, confusion matrices, reliability diagrams and sample grids here (e.g. engines/).")
+@click.option(
+    "--resize",
+    type=click.Choice(["center_crop", "stretch"]),
+    default=None,
+    help="How a scan becomes the square input [default: center_crop, chosen by the width experiment].",
+)
+@click.option(
+    "--lateral-scale",
+    default=None,
+    metavar="LO,HI|off",
+    help="Random lateral scale augmentation range [default: 0.6,1.6]; 'off' disables it.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    help="Also write metrics.json, training curves, confusion matrices, reliability diagrams and sample grids here (e.g. engines/).",
+)
 def train(data_dir, out, epochs, seed, threads, resize, lateral_scale, report_dir):
     """Train a classifier on labelled scans (needs the `train` extra: torch) and export it to ONNX.
 
@@ -300,7 +532,9 @@ def _parse_range(text: str):
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise OctbatchError(f"--lateral-scale {text!r} is not LO,HI", "Give two numbers, e.g. --lateral-scale 0.6,1.6, or 'off'.") from None
+        raise OctbatchError(
+            f"--lateral-scale {text!r} is not LO,HI", "Give two numbers, e.g. --lateral-scale 0.6,1.6, or 'off'."
+        ) from None
     if not 0 < lo <= hi:
         raise OctbatchError(f"--lateral-scale {text!r} is out of range", "Use 0 < LO <= HI, e.g. 0.6,1.6.")
     return lo, hi

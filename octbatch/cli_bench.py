@@ -15,30 +15,88 @@ def _csv(values, conv=str) -> tuple:
 
 
 @click.command()
-@click.option("--archive", type=click.Path(file_okay=False, exists=True), help="Benchmark this archive [default: the real OCT2017 scans when present, else synthetic].")
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False, exists=True),
+    help="Benchmark this archive [default: the real OCT2017 scans when present, else synthetic].",
+)
 @click.option("--synthetic", type=int, help="Benchmark a synthetic archive of N scans (octbatch.synth).")
-@click.option("--files", type=int, default=2000, help="Files in the bench archive (real scans are hard-linked to reach it; 0 with --archive: use it as is).")
-@click.option("--model", type=click.Path(dir_okay=False, exists=True), envvar="OCTBATCH_MODEL", help="ONNX classifier [default: the shipped model].")
-@click.option("--engine", type=click.Path(dir_okay=False, exists=True), help="A built engine (octbatch build-engine) instead of --model.")
-@click.option("--backends", multiple=True, default=("onnxruntime",), help="Inference backends to measure (comma-separated or repeated).")
+@click.option(
+    "--files",
+    type=int,
+    default=2000,
+    help="Files in the bench archive (real scans are hard-linked to reach it; 0 with --archive: use it as is).",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, exists=True),
+    envvar="OCTBATCH_MODEL",
+    help="ONNX classifier [default: the shipped model].",
+)
+@click.option(
+    "--engine",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A built engine (octbatch build-engine) instead of --model.",
+)
+@click.option(
+    "--backends",
+    multiple=True,
+    default=("onnxruntime",),
+    help="Inference backends to measure (comma-separated or repeated).",
+)
 @click.option("--decoders", multiple=True, default=("cpu", "pillow"), help="Decoders to measure: cpu, pillow, dali.")
 @click.option("--batch-sizes", multiple=True, default=("16,64,128",), help="Batch sizes for the inference ceiling.")
-@click.option("--batch-size", "run_batch_size", type=int, default=64, help="Batch size of the end-to-end runs and baselines.")
-@click.option("--executors", multiple=True, default=("local",), help="Executors for `octbatch run` end to end: local, ray.")
-@click.option("--baselines", multiple=True, default=("naive,dataloader,ray_data",), help="Baselines: naive, dataloader, ray_data (skipped without ray).")
+@click.option(
+    "--batch-size", "run_batch_size", type=int, default=64, help="Batch size of the end-to-end runs and baselines."
+)
+@click.option(
+    "--executors", multiple=True, default=("local",), help="Executors for `octbatch run` end to end: local, ray."
+)
+@click.option(
+    "--baselines",
+    multiple=True,
+    default=("naive,dataloader,ray_data",),
+    help="Baselines: naive, dataloader, ray_data (skipped without ray).",
+)
 @click.option("--threads", "-j", type=int, default=0, help="Cores to use; 0 = all.")
 @click.option("--min-seconds", type=float, default=2.0, help="Minimum duration of each timed stage repeat.")
 @click.option("--repeats", type=int, default=3, help="Timed repeats per measurement (after one warm-up).")
 @click.option("--warmup", type=int, default=1, help="Untimed warm-up runs per measurement.")
 @click.option("--scale", help="Archive sizes for the scale section, e.g. 10000,100000,1000000 (hard links).")
 @click.option("--scale-e2e-max", type=int, default=10000, help="Largest scale archive also run end to end.")
-@click.option("--scale-dir", type=click.Path(file_okay=False), help="Keep the linked scale archives here (reused next time).")
+@click.option(
+    "--scale-dir", type=click.Path(file_okay=False), help="Keep the linked scale archives here (reused next time)."
+)
 @click.option("--no-charts", is_flag=True, help="JSON and Markdown only.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="benchmarks/results/latest", help="Output folder.")
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False), default="benchmarks/results/latest", help="Output folder."
+)
 @click.option("--quick", is_flag=True, help="Smoke check in under a minute: small synthetic archive, one short repeat.")
 @click.option("--quiet", "-q", is_flag=True)
-def bench(archive, synthetic, files, model, engine, backends, decoders, batch_sizes, run_batch_size, executors, baselines, threads,
-          min_seconds, repeats, warmup, scale, scale_e2e_max, scale_dir, no_charts, out, quick, quiet):
+def bench(
+    archive,
+    synthetic,
+    files,
+    model,
+    engine,
+    backends,
+    decoders,
+    batch_sizes,
+    run_batch_size,
+    executors,
+    baselines,
+    threads,
+    min_seconds,
+    repeats,
+    warmup,
+    scale,
+    scale_e2e_max,
+    scale_dir,
+    no_charts,
+    out,
+    quick,
+    quiet,
+):
     """Measure each stage's ceiling, `octbatch run` end to end and baselines side by side.
 
     Writes results.json (every row, with machine and versions), summary.md and PNG charts to --out.
@@ -47,30 +105,64 @@ def bench(archive, synthetic, files, model, engine, backends, decoders, batch_si
     from .errors import OctbatchError
 
     if archive and synthetic:
-        raise OctbatchError("--archive and --synthetic are exclusive", "Give one of them (or neither for the real scans / a synthetic default).")
+        raise OctbatchError(
+            "--archive and --synthetic are exclusive",
+            "Give one of them (or neither for the real scans / a synthetic default).",
+        )
     if min_seconds <= 0 or repeats < 1 or warmup < 0:
-        raise OctbatchError("--min-seconds must be positive, --repeats at least 1, --warmup not negative", "Fix the option values.")
+        raise OctbatchError(
+            "--min-seconds must be positive, --repeats at least 1, --warmup not negative", "Fix the option values."
+        )
     try:
         sizes = _csv([scale], int) if scale else ()
         bss = _csv(batch_sizes, int)
     except ValueError:
-        raise OctbatchError("--scale and --batch-sizes take comma-separated integers", "e.g. --scale 10000,100000") from None
+        raise OctbatchError(
+            "--scale and --batch-sizes take comma-separated integers", "e.g. --scale 10000,100000"
+        ) from None
     cfg = BenchConfig(
-        out=out, archive=archive, synthetic=synthetic, files=files, model=model, engine=engine, backends=_csv(backends),
-        decoders=_csv(decoders), batch_sizes=bss, executors=_csv(executors), baselines=_csv(baselines), min_seconds=min_seconds,
-        repeats=repeats, warmup=warmup, threads=threads, run_batch_size=run_batch_size, scale=sizes, scale_e2e_max=scale_e2e_max,
-        scale_dir=scale_dir, charts=not no_charts, quick=quick,
+        out=out,
+        archive=archive,
+        synthetic=synthetic,
+        files=files,
+        model=model,
+        engine=engine,
+        backends=_csv(backends),
+        decoders=_csv(decoders),
+        batch_sizes=bss,
+        executors=_csv(executors),
+        baselines=_csv(baselines),
+        min_seconds=min_seconds,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        run_batch_size=run_batch_size,
+        scale=sizes,
+        scale_e2e_max=scale_e2e_max,
+        scale_dir=scale_dir,
+        charts=not no_charts,
+        quick=quick,
     )
     log = (lambda m: None) if quiet else (lambda m: click.echo(f"octbatch bench: {m}", err=True))
     res = run_bench(cfg, log)
     d = res["derived"]
     if not quiet:
         eff = f"{100 * d['efficiency']:.0f}%" if d.get("efficiency") else "n/a"
-        click.echo(f"octbatch bench: octbatch run {d.get('octbatch_img_s') or 0:,.0f} img/s = {eff} of the combined ceiling "
-                   f"{d.get('combined_ceiling') or 0:,.0f} img/s; " + ", ".join(f"{k} x{v:.2f}" for k, v in d.get("ratios", {}).items()), err=True)
-        click.echo(f"octbatch bench: wrote {out}/results.json, {out}/summary.md"
-                   + (f" and {len(res['charts'])} chart(s)" if isinstance(res.get("charts"), list) and res["charts"] else
-                      f" (charts: {res.get('charts') or 'off'})"), err=True)
+        click.echo(
+            f"octbatch bench: octbatch run {d.get('octbatch_img_s') or 0:,.0f} img/s = {eff} of the combined ceiling "
+            f"{d.get('combined_ceiling') or 0:,.0f} img/s; "
+            + ", ".join(f"{k} x{v:.2f}" for k, v in d.get("ratios", {}).items()),
+            err=True,
+        )
+        click.echo(
+            f"octbatch bench: wrote {out}/results.json, {out}/summary.md"
+            + (
+                f" and {len(res['charts'])} chart(s)"
+                if isinstance(res.get("charts"), list) and res["charts"]
+                else f" (charts: {res.get('charts') or 'off'})"
+            ),
+            err=True,
+        )
 
 
 def register(group: click.Group) -> None:

@@ -15,35 +15,87 @@ def _log(quiet: bool):
 
 @click.command("build-engine")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
-              help="auto: tensorrt when it imports and a CUDA GPU is present, else onnxruntime.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "best"]), default="fp32",
-              help="best: the fastest precision that passes the accuracy guard and is measured faster.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+    default="auto",
+    help="auto: tensorrt when it imports and a CUDA GPU is present, else onnxruntime.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8", "best"]),
+    default="fp32",
+    help="best: the fastest precision that passes the accuracy guard and is measured faster.",
+)
 @click.option("--batch", "batch", default="1:64:128", help="Batch profile MIN:OPT:MAX (TensorRT optimizes for OPT).")
-@click.option("--calib", type=click.Path(file_okay=False), help="Archive of real scans for int8 calibration (and the guard).")
+@click.option(
+    "--calib", type=click.Path(file_okay=False), help="Archive of real scans for int8 calibration (and the guard)."
+)
 @click.option("--calib-size", type=int, default=256, help="Calibration scans, spread over the archive.")
-@click.option("--guard-archive", type=click.Path(file_okay=False), help="Scans for the accuracy guard [default: --calib scans not used for calibration].")
+@click.option(
+    "--guard-archive",
+    type=click.Path(file_okay=False),
+    help="Scans for the accuracy guard [default: --calib scans not used for calibration].",
+)
 @click.option("--guard-size", type=int, default=256, help="Scans the accuracy guard compares on.")
-@click.option("--min-agreement", type=float, default=0.99, help="int8 engines agreeing less often with fp32 are refused.")
+@click.option(
+    "--min-agreement", type=float, default=0.99, help="int8 engines agreeing less often with fp32 are refused."
+)
 @click.option("--force", is_flag=True, help="Keep an int8 engine that fails the accuracy guard.")
 @click.option("--out", "-o", type=click.Path(), help="Also copy the engine (and its fingerprint) here.")
 @click.option("--workspace", type=float, default=4.0, help="TensorRT builder workspace, GB.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file [default: in the engine cache].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="OCTBATCH_ENGINE_CACHE",
-              help="Engine cache [default: $XDG_CACHE_HOME/octbatch/engines, i.e. ~/.cache/octbatch/engines].")
+@click.option(
+    "--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file [default: in the engine cache]."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    envvar="OCTBATCH_ENGINE_CACHE",
+    help="Engine cache [default: $XDG_CACHE_HOME/octbatch/engines, i.e. ~/.cache/octbatch/engines].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No messages on stderr.")
-def build_engine_cmd(model, backend, precision, batch, calib, calib_size, guard_archive, guard_size, min_agreement, force, out,
-                     workspace, timing_cache, cache_dir, as_json, quiet):
+def build_engine_cmd(
+    model,
+    backend,
+    precision,
+    batch,
+    calib,
+    calib_size,
+    guard_archive,
+    guard_size,
+    min_agreement,
+    force,
+    out,
+    workspace,
+    timing_cache,
+    cache_dir,
+    as_json,
+    quiet,
+):
     """Build a fingerprinted engine from MODEL.onnx (TensorRT on GPUs, optimized ONNX Runtime on CPUs).
 
     A second identical build is a cache hit. Run the engine with: octbatch run ARCHIVE --engine PATH.
     """
     from .engines import build_engine
 
-    res = build_engine(model, backend=backend, precision=precision, batch=batch, calib=calib, calib_size=calib_size, out=out,
-                       workspace_gb=workspace, timing_cache=timing_cache, force=force, guard_archive=guard_archive,
-                       guard_size=guard_size, min_agreement=min_agreement, cache_dir=cache_dir, log=_log(quiet))
+    res = build_engine(
+        model,
+        backend=backend,
+        precision=precision,
+        batch=batch,
+        calib=calib,
+        calib_size=calib_size,
+        out=out,
+        workspace_gb=workspace,
+        timing_cache=timing_cache,
+        force=force,
+        guard_archive=guard_archive,
+        guard_size=guard_size,
+        min_agreement=min_agreement,
+        cache_dir=cache_dir,
+        log=_log(quiet),
+    )
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=1, default=str))
     else:
@@ -76,8 +128,10 @@ def inspect_cmd(path, as_json):
     fp = info.get("fingerprint")
     if fp:
         m = fp.get("machine", {})
-        click.echo(f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
-                   f"batch {':'.join(map(str, fp.get('batch_profile') or []))}")
+        click.echo(
+            f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
+            f"batch {':'.join(map(str, fp.get('batch_profile') or []))}"
+        )
         click.echo(f"  source:        {fp['source']['path']} (sha256 {fp['source']['sha256'][:16]}...)")
         facts = ", ".join(f"{k}={v}" for k, v in m.items() if k not in ("backend", "isa"))
         click.echo(f"  built on:      {facts}")
@@ -86,8 +140,14 @@ def inspect_cmd(path, as_json):
             click.echo(f"  calibration:   {c['files']} scans from {c['archive']} (hash {c['hash'][:12]})")
         g = fp.get("guard")
         if g:
-            acc = f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}" if "accuracy_reference" in g else ""
-            click.echo(f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}")
+            acc = (
+                f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}"
+                if "accuracy_reference" in g
+                else ""
+            )
+            click.echo(
+                f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}"
+            )
     else:
         click.echo("  fingerprint:   none")
     if info["can_run_here"]:

@@ -14,10 +14,19 @@ __all__ = ["register", "verify_preproc"]
 
 @click.command("verify-preproc")
 @click.argument("archive", type=click.Path(file_okay=False, path_type=str))
-@click.option("--model", type=click.Path(dir_okay=False), envvar="OCTBATCH_MODEL", help="ONNX classifier [default: the shipped OCT model].")
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False),
+    envvar="OCTBATCH_MODEL",
+    help="ONNX classifier [default: the shipped OCT model].",
+)
 @click.option("--limit", type=int, default=512, help="Compare the first N scans (in discovery order).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
-              help="Where DALI decodes: auto = the GPU (mixed) when one is present, else the CPU.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    help="Where DALI decodes: auto = the GPU (mixed) when one is present, else the CPU.",
+)
 @click.option("--batch-size", "-b", type=int, default=64)
 @click.option("--threads", "-j", type=int, default=0, help="Decode and inference threads; 0 = all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
@@ -33,7 +42,9 @@ def verify_preproc(archive, model, limit, device, batch_size, threads, as_json):
     if as_json:
         click.echo(json.dumps(r, indent=1, default=str))
         return
-    lines = [f"DALI ({r['dali_device']}) vs CPU decoder on {r['files']} file(s) of {archive}; {r['compared']} decoded by both"]
+    lines = [
+        f"DALI ({r['dali_device']}) vs CPU decoder on {r['files']} file(s) of {archive}; {r['compared']} decoded by both"
+    ]
     if r["compared"]:
         lines += [
             f"  pixel difference (0-255): max {r['pixel_max_diff']}, mean {r['pixel_mean_diff']:.3f}, 99.9th percentile {r['pixel_p999_diff']:.1f}",

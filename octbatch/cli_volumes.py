@@ -12,7 +12,11 @@ __all__ = ["volumes", "register"]
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Per-volume Parquet table to write.")
 @click.option("--min-frames", type=int, default=1, help="Frames a finding needs (predicted as that class).")
 @click.option("--min-prob", type=float, default=0.0, help="Confidence a frame needs to count for a finding.")
-@click.option("--referral", multiple=True, help="CLASS=urgent|routine|observation (repeatable or comma-separated) [default: CNV, DME urgent; DRUSEN routine; NORMAL observation].")
+@click.option(
+    "--referral",
+    multiple=True,
+    help="CLASS=urgent|routine|observation (repeatable or comma-separated) [default: CNV, DME urgent; DRUSEN routine; NORMAL observation].",
+)
 def volumes(results, out, min_frames, min_prob, referral):
     """One row per volume (DICOM series, TIFF stack, or Kermany patient) of a results table:
     frame counts, per-class max and mean probability, frames predicted abnormal, the worst finding

@@ -66,7 +66,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_size > 65536:
-            raise OctbatchError(f"--batch-size {self.batch_size} is out of range", "Use a batch size between 1 and 65536.")
+            raise OctbatchError(
+                f"--batch-size {self.batch_size} is out of range", "Use a batch size between 1 and 65536."
+            )
         if self.shard_size < 1:
             raise OctbatchError("--shard-size must be at least 1", "Use a few thousand scans per shard.")
         if self.limit is not None and self.limit < 0:
@@ -76,7 +78,10 @@ class RunConfig:
         if self.gate not in ("flag", "reject", "off"):
             raise OctbatchError(f"unknown --gate mode {self.gate!r}", "Use flag, reject or off.")
         if self.gate_threshold is not None and not 0.0 <= self.gate_threshold <= 1.0:
-            raise OctbatchError(f"--gate-threshold {self.gate_threshold} is not between 0 and 1", "Give a score threshold from 0 to 1 (e.g. 0.5).")
+            raise OctbatchError(
+                f"--gate-threshold {self.gate_threshold} is not between 0 and 1",
+                "Give a score threshold from 0 to 1 (e.g. 0.5).",
+            )
 
 
 def load_toml_defaults(path: str | None) -> dict:
@@ -92,4 +97,7 @@ def load_toml_defaults(path: str | None) -> dict:
         raise OctbatchError(f"config file {path} does not exist", "Check --config or OCTBATCH_CONFIG.") from None
     except tomllib.TOMLDecodeError as exc:
         raise OctbatchError(f"config file {path} is not valid TOML: {exc}", "Fix the file.") from None
-    return {k.replace("-", "_"): ({kk.replace("-", "_"): vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in data.items()}
+    return {
+        k.replace("-", "_"): ({kk.replace("-", "_"): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
+        for k, v in data.items()
+    }

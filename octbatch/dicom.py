@@ -148,7 +148,12 @@ def _parse_dt(date: str | None, time: str | None) -> datetime | None:
 def _acquired_at(ds) -> datetime | None:
     if ds.get("AcquisitionDateTime"):
         return _parse_dt(str(ds.AcquisitionDateTime), None)
-    for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+    for d, t in (
+        ("AcquisitionDate", "AcquisitionTime"),
+        ("ContentDate", "ContentTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("StudyDate", "StudyTime"),
+    ):
         if ds.get(d):
             return _parse_dt(str(ds.get(d)), str(ds.get(t) or ""))
     return None
@@ -208,8 +213,10 @@ def read_dicom_header(path: str, pseudonymize, *, max_pixels: int, max_volume_pi
     sop = _str(ds, "SOPClassUID") or (str(getattr(meta, "MediaStorageSOPClassUID", "") or "") or None)
     if sop not in ACCEPTED_SOP_CLASSES:
         name = UID(sop).name if sop else "none"
-        raise HeaderError(f"not an OCT image: DICOM SOP class {sop or '(missing)'} ({name}); octbatch classifies "
-                          f"{ACCEPTED_SOP_CLASSES[OCT_SOP_CLASS]} ({OCT_SOP_CLASS}) and Secondary Capture images")
+        raise HeaderError(
+            f"not an OCT image: DICOM SOP class {sop or '(missing)'} ({name}); octbatch classifies "
+            f"{ACCEPTED_SOP_CLASSES[OCT_SOP_CLASS]} ({OCT_SOP_CLASS}) and Secondary Capture images"
+        )
     if not ts:
         raise HeaderError("DICOM file has no Transfer Syntax UID in its file meta information")
     if ts not in SUPPORTED_TRANSFER_SYNTAXES:
@@ -227,7 +234,9 @@ def read_dicom_header(path: str, pseudonymize, *, max_pixels: int, max_volume_pi
         offset = pos + 12
     encapsulated = length == _UNDEFINED
     if (ts in NATIVE) == encapsulated:
-        raise HeaderError(f"Pixel Data is {'encapsulated' if encapsulated else 'native'}, which the transfer syntax {ts} does not allow")
+        raise HeaderError(
+            f"Pixel Data is {'encapsulated' if encapsulated else 'native'}, which the transfer syntax {ts} does not allow"
+        )
 
     rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     n_frames = _int(ds, "NumberOfFrames", 1)
@@ -242,14 +251,20 @@ def read_dicom_header(path: str, pseudonymize, *, max_pixels: int, max_volume_pi
     if bits_allocated not in (8, 16):
         raise HeaderError(f"BitsAllocated {bits_allocated} is not supported (8 or 16)")
     if rows * cols > max_pixels:
-        raise HeaderError(f"DICOM frames are {cols}x{rows} = {rows * cols / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                          "limit (raise --max-pixels if genuine)")
+        raise HeaderError(
+            f"DICOM frames are {cols}x{rows} = {rows * cols / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
+            "limit (raise --max-pixels if genuine)"
+        )
     if rows * cols * n_frames > max_volume_pixels:
-        raise HeaderError(f"DICOM header claims {n_frames} frames of {cols}x{rows} = {rows * cols * n_frames / 1e9:.1f} G pixels, "
-                          f"over the {max_volume_pixels / 1e9:.1f} G pixel volume limit (raise --max-volume-pixels if genuine)")
+        raise HeaderError(
+            f"DICOM header claims {n_frames} frames of {cols}x{rows} = {rows * cols * n_frames / 1e9:.1f} G pixels, "
+            f"over the {max_volume_pixels / 1e9:.1f} G pixel volume limit (raise --max-volume-pixels if genuine)"
+        )
     if encapsulated and n_frames * 8 > size - offset:
-        raise HeaderError(f"NumberOfFrames {n_frames} cannot fit in the {max(0, size - offset)} bytes of encapsulated Pixel Data "
-                          "(truncated file or a wrong header)")
+        raise HeaderError(
+            f"NumberOfFrames {n_frames} cannot fit in the {max(0, size - offset)} bytes of encapsulated Pixel Data "
+            "(truncated file or a wrong header)"
+        )
     ext = None
     if ds.get("ExtendedOffsetTable") is not None and ds.get("ExtendedOffsetTableLengths") is not None:
         ext = (bytes(ds.ExtendedOffsetTable), bytes(ds.ExtendedOffsetTableLengths))

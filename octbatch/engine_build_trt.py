@@ -61,7 +61,8 @@ def _weak_flags(trt, precision: str, features: dict) -> list:
     if missing:
         raise OctbatchError(
             f"TensorRT {features['version']} has neither strongly typed networks nor BuilderFlag.{missing[0]}",
-            "Install a TensorRT release octbatch supports: pip install 'octbatch[tensorrt]' (TensorRT 10.x or 11.x).")
+            "Install a TensorRT release octbatch supports: pip install 'octbatch[tensorrt]' (TensorRT 10.x or 11.x).",
+        )
     return [getattr(trt.BuilderFlag, n) for n in want]
 
 
@@ -104,9 +105,15 @@ def build_serialized_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise OctbatchError(f"TensorRT could not parse {onnx_path}: {errors}", "Check the model with polygraphy or re-export it with a supported opset.")
+        raise OctbatchError(
+            f"TensorRT could not parse {onnx_path}: {errors}",
+            "Check the model with polygraphy or re-export it with a supported opset.",
+        )
     if network.num_inputs != 1:
-        raise OctbatchError(f"{onnx_path} has {network.num_inputs} inputs", "octbatch builds classifiers with one image input (N, C, H, W).")
+        raise OctbatchError(
+            f"{onnx_path} has {network.num_inputs} inputs",
+            "octbatch builds classifiers with one image input (N, C, H, W).",
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -119,10 +126,16 @@ def build_serialized_engine(
     inp = network.get_input(0)
     dims = tuple(inp.shape)
     if len(dims) != 4:
-        raise OctbatchError(f"{onnx_path}: input {inp.name!r} has shape {dims}", "octbatch builds classifiers with one NCHW image input.")
+        raise OctbatchError(
+            f"{onnx_path}: input {inp.name!r} has shape {dims}",
+            "octbatch builds classifiers with one NCHW image input.",
+        )
     _, c, h, w = dims
     if min(c, h, w) < 1:
-        raise OctbatchError(f"{onnx_path}: input {inp.name!r} has dynamic C/H/W {dims}", "Export the model with a fixed input size; only the batch may be dynamic.")
+        raise OctbatchError(
+            f"{onnx_path}: input {inp.name!r} has dynamic C/H/W {dims}",
+            "Export the model with a fixed input size; only the batch may be dynamic.",
+        )
     lo, opt, hi = batch
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
@@ -133,10 +146,15 @@ def build_serialized_engine(
 
     if log:
         typing = "strongly typed" if features["strongly_typed"] else "weakly typed (builder flags)"
-        log(f"TensorRT {features['version']}: building {precision} engine ({typing}), batch profile {lo}:{opt}:{hi} (this can take minutes)")
+        log(
+            f"TensorRT {features['version']}: building {precision} engine ({typing}), batch profile {lo}:{opt}:{hi} (this can take minutes)"
+        )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise OctbatchError(f"TensorRT failed to build an engine from {onnx_path}", "Run again with a larger --workspace, or another --precision; TensorRT's log above says why.")
+        raise OctbatchError(
+            f"TensorRT failed to build an engine from {onnx_path}",
+            "Run again with a larger --workspace, or another --precision; TensorRT's log above says why.",
+        )
     if timing_cache:
         _write_timing_cache(timing_cache, config.get_timing_cache().serialize())
     return bytes(memoryview(serialized))

@@ -25,9 +25,9 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -69,8 +69,25 @@ DEFAULT_BATCH = (1, 64, 128)
 # int8 must beat the float engine by this much to be picked by --precision best (noise margin).
 BEST_MIN_SPEEDUP = 1.05
 # CPU instruction-set extensions that decide which ORT kernels a hardware-specific graph may use.
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
 
 Log = Callable[[str], None]
 
@@ -80,6 +97,7 @@ def _quiet(_msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- facts and fingerprints
+
 
 def cpu_facts() -> dict:
     name, flags = platform.processor() or "", set()
@@ -94,7 +112,11 @@ def cpu_facts() -> dict:
                     flags = set(val.split())
     except OSError:
         pass
-    return {"cpu": name or platform.machine(), "arch": platform.machine(), "isa": sorted(f for f in _ISA_FLAGS if f in flags)}
+    return {
+        "cpu": name or platform.machine(),
+        "arch": platform.machine(),
+        "isa": sorted(f for f in _ISA_FLAGS if f in flags),
+    }
 
 
 def machine_facts(backend: str, *, strict: bool = True) -> dict:
@@ -126,8 +148,10 @@ def machine_facts(backend: str, *, strict: bool = True) -> dict:
             if strict and isinstance(exc, OctbatchError):
                 raise
             if strict:
-                raise OctbatchError(f"TensorRT is installed but no usable CUDA GPU was found ({str(exc)[:200]})",
-                                    "Run on a machine with an NVIDIA GPU and driver, or use --backend onnxruntime.") from exc
+                raise OctbatchError(
+                    f"TensorRT is installed but no usable CUDA GPU was found ({str(exc)[:200]})",
+                    "Run on a machine with an NVIDIA GPU and driver, or use --backend onnxruntime.",
+                ) from exc
             facts.update({"gpu": None, "compute_capability": None, "cuda_runtime": None, "cuda_driver_api": None})
         return facts
     raise OctbatchError(f"unknown backend {backend!r}", "Use onnxruntime or tensorrt.")
@@ -159,8 +183,10 @@ def check_fingerprint(fp: dict, here: dict) -> list[str]:
     if backend == "onnxruntime" and fp.get("hardware_specific"):
         missing = sorted(set(built.get("isa", ())) - set(here.get("isa", ())))
         if missing or built.get("arch") != here.get("arch"):
-            diffs.append(f"CPU: built on {built.get('cpu')!r} ({built.get('arch')}); this machine ({here.get('cpu')!r}, {here.get('arch')}) "
-                         f"lacks {', '.join(missing) or 'the same architecture'}")
+            diffs.append(
+                f"CPU: built on {built.get('cpu')!r} ({built.get('arch')}); this machine ({here.get('cpu')!r}, {here.get('arch')}) "
+                f"lacks {', '.join(missing) or 'the same architecture'}"
+            )
     return diffs
 
 
@@ -171,6 +197,7 @@ def _show(value) -> str:
 def describe_mismatch(engine: str, fp: dict, here: dict, diffs: Sequence[str]) -> str:
     built = fp.get("machine", {})
     if fp.get("backend") == "tensorrt":
+
         def gpu(f):
             cc = f.get("compute_capability")
             where = f"GPU {f.get('gpu')!r} (sm_{cc.replace('.', '')})" if f.get("gpu") and cc else "no usable GPU"
@@ -178,8 +205,10 @@ def describe_mismatch(engine: str, fp: dict, here: dict, diffs: Sequence[str]) -
 
         head = f"engine {engine} was built for {gpu(built)}; this machine has {gpu(here)}"
     else:
-        head = (f"engine {engine} was built with ONNX Runtime {built.get('onnxruntime')} on {built.get('cpu')!r}; "
-                f"this machine has ONNX Runtime {here.get('onnxruntime')} on {here.get('cpu')!r}")
+        head = (
+            f"engine {engine} was built with ONNX Runtime {built.get('onnxruntime')} on {built.get('cpu')!r}; "
+            f"this machine has ONNX Runtime {here.get('onnxruntime')} on {here.get('cpu')!r}"
+        )
     return f"{head} (differs: {'; '.join(diffs)})"
 
 
@@ -194,7 +223,9 @@ def read_fingerprint(engine: str | os.PathLike) -> dict | None:
     try:
         return json.loads(p.read_text())
     except ValueError as exc:
-        raise OctbatchError(f"fingerprint {p} is not valid JSON ({exc})", "Rebuild the engine with octbatch build-engine.") from None
+        raise OctbatchError(
+            f"fingerprint {p} is not valid JSON ({exc})", "Rebuild the engine with octbatch build-engine."
+        ) from None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -240,7 +271,9 @@ def parse_batch_profile(text: str | Sequence[int] | None) -> tuple[int, int, int
         if len(parts) == 1:
             parts = [1, parts[0], parts[0]]
         if len(parts) != 3:
-            raise OctbatchError(f"--batch {text!r} is not MIN:OPT:MAX", "Use e.g. --batch 1:64:128 (or one number for 1:N:N).")
+            raise OctbatchError(
+                f"--batch {text!r} is not MIN:OPT:MAX", "Use e.g. --batch 1:64:128 (or one number for 1:N:N)."
+            )
     else:
         parts = list(text)
     lo, opt, hi = parts
@@ -250,6 +283,7 @@ def parse_batch_profile(text: str | Sequence[int] | None) -> tuple[int, int, int
 
 
 # --------------------------------------------------------------------------- real scans for calibration / guard
+
 
 def sample_entries(archive: str | os.PathLike, n: int) -> list:
     """n files spread evenly over the archive's deterministic order (so every class folder shows up)."""
@@ -291,7 +325,9 @@ def calibration_hash(entries: Sequence) -> str:
     return h.hexdigest()
 
 
-def iter_scan_batches(entries: Sequence, spec, batch: int, *, drop_last: bool = False) -> Iterator[tuple[np.ndarray, list]]:
+def iter_scan_batches(
+    entries: Sequence, spec, batch: int, *, drop_last: bool = False
+) -> Iterator[tuple[np.ndarray, list]]:
     """(float32 NCHW input, labels) per batch, decoded exactly as ``run`` decodes; unreadable files are skipped."""
     from .decode import make_decoder
     from .preprocess import normalize_into
@@ -325,20 +361,27 @@ def iter_scan_batches(entries: Sequence, spec, batch: int, *, drop_last: bool = 
 
 # --------------------------------------------------------------------------- accuracy guard
 
-def accuracy_guard(model_info, backend: str, engine_path: str, precision: str, entries: Sequence, *, batch: int = 64) -> dict:
+
+def accuracy_guard(
+    model_info, backend: str, engine_path: str, precision: str, entries: Sequence, *, batch: int = 64
+) -> dict:
     """Compare the engine with the source model (ONNX Runtime fp32, unoptimized file) on real scans."""
     from .backends import make_runner
     from .backends.onnxrt import OnnxRuntimeRunner
 
     ref_p, eng_p, labels = [], [], []
-    with OnnxRuntimeRunner(model_info, path=model_info.path, precision="fp32") as ref, \
-            make_runner(backend, model_info, engine_path=engine_path, precision=precision) as eng:
+    with (
+        OnnxRuntimeRunner(model_info, path=model_info.path, precision="fp32") as ref,
+        make_runner(backend, model_info, engine_path=engine_path, precision=precision) as eng,
+    ):
         for x, y in iter_scan_batches(entries, model_info.preprocessing, batch):
             ref_p.append(ref.infer(x))
             eng_p.append(eng.infer(x))
             labels.extend(y)
     if not ref_p:
-        raise OctbatchError("none of the guard scans could be decoded", "Pass --guard-archive or --calib with readable JPEG scans.")
+        raise OctbatchError(
+            "none of the guard scans could be decoded", "Pass --guard-archive or --calib with readable JPEG scans."
+        )
     r, e = np.concatenate(ref_p), np.concatenate(eng_p)
     return _guard_numbers(r, e, labels, list(model_info.classes))
 
@@ -375,6 +418,7 @@ def _throughput(runner, x: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> 
 
 # --------------------------------------------------------------------------- ORT builds
 
+
 def _copy_metadata(src_meta: dict, dst: str, extra: dict) -> None:
     """Quantized models lose octbatch's metadata_props; put them back so the engine describes itself."""
     from ._deps import require
@@ -401,10 +445,14 @@ def _ort_optimize(src: str, dst: str) -> None:
     so.log_severity_level = 3
     ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
     if not os.path.exists(dst):
-        raise OctbatchError(f"ONNX Runtime did not write the optimized model {dst}", "Check free disk space and permissions.")
+        raise OctbatchError(
+            f"ONNX Runtime did not write the optimized model {dst}", "Check free disk space and permissions."
+        )
 
 
-def _ort_quantize_static(src: str, dst: str, batches: Iterator[np.ndarray], input_name: str, *, symmetric: bool = False) -> None:
+def _ort_quantize_static(
+    src: str, dst: str, batches: Iterator[np.ndarray], input_name: str, *, symmetric: bool = False
+) -> None:
     """Static Q/DQ int8, calibrated on ``batches``. symmetric=True is the form TensorRT's explicit
     quantization needs (int8 activations and weights, zero point 0); ORT CPU runs u8 activations x s8
     weights fastest (VNNI)."""
@@ -431,7 +479,9 @@ def _ort_quantize_static(src: str, dst: str, batches: Iterator[np.ndarray], inpu
         except Exception:  # noqa: BLE001 - a model it cannot pre-process still quantizes
             pre = src
         q.quantize_static(
-            pre, dst, ScanReader(),
+            pre,
+            dst,
+            ScanReader(),
             quant_format=q.QuantFormat.QDQ,
             per_channel=True,
             activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
@@ -444,6 +494,7 @@ def _ort_quantize_static(src: str, dst: str, batches: Iterator[np.ndarray], inpu
 
 
 # --------------------------------------------------------------------------- build
+
 
 @dataclass
 class BuildResult:
@@ -526,7 +577,9 @@ def build_engine(
             "Use --precision fp32 or int8 (with --calib ARCHIVE) on CPUs, or --backend tensorrt on an NVIDIA GPU.",
         )
     if precision == "int8" and not calib:
-        raise OctbatchError("int8 needs calibration scans", "Pass --calib ARCHIVE (a folder of real scans; a few hundred are enough).")
+        raise OctbatchError(
+            "int8 needs calibration scans", "Pass --calib ARCHIVE (a folder of real scans; a few hundred are enough)."
+        )
     calib_entries = guard_entries = None
     if calib:
         calib_entries, held_out = split_sample(calib, calib_size, guard_size)
@@ -534,13 +587,27 @@ def build_engine(
     if guard_archive:
         guard_entries = sample_entries(guard_archive, guard_size)
     elif calib_entries and not guard_entries:
-        log("note: every --calib scan was used for calibration, so the accuracy guard compares on those same scans "
-            "(in-sample); pass --guard-archive or a larger --calib archive for held-out scans")
+        log(
+            "note: every --calib scan was used for calibration, so the accuracy guard compares on those same scans "
+            "(in-sample); pass --guard-archive or a larger --calib archive for held-out scans"
+        )
         guard_entries = calib_entries[:guard_size]
     cache = Path(cache_dir) if cache_dir else engine_cache_dir()
 
-    kw = dict(info=info, backend=backend, profile=profile, calib=calib, calib_entries=calib_entries, guard_entries=guard_entries,
-              workspace_gb=workspace_gb, timing_cache=timing_cache, force=force, min_agreement=min_agreement, cache=cache, log=log)
+    kw = dict(
+        info=info,
+        backend=backend,
+        profile=profile,
+        calib=calib,
+        calib_entries=calib_entries,
+        guard_entries=guard_entries,
+        workspace_gb=workspace_gb,
+        timing_cache=timing_cache,
+        force=force,
+        min_agreement=min_agreement,
+        cache=cache,
+        log=log,
+    )
     if precision == "best":
         result = _build_best(**kw)
     else:
@@ -563,7 +630,9 @@ def _export(engine: str, out: str) -> str:
     return str(dst)
 
 
-def _base_fingerprint(info, backend: str, precision: str, profile, calib: str | None, calib_entries, machine: dict) -> dict:
+def _base_fingerprint(
+    info, backend: str, precision: str, profile, calib: str | None, calib_entries, machine: dict
+) -> dict:
     return {
         "format": ENGINE_FORMAT,
         "octbatch": __version__,
@@ -571,11 +640,18 @@ def _base_fingerprint(info, backend: str, precision: str, profile, calib: str | 
         "precision": precision,
         "batch_profile": list(profile),
         "source": {"path": os.path.abspath(info.path), "sha256": info.sha256},
-        "model": {"classes": list(info.classes), "preprocessing": json.loads(info.preprocessing.to_json()),
-                  "output": info.output_kind, "card": info.card},
-        "calibration": None if not calib_entries else {
-            "archive": os.path.abspath(calib), "files": len(calib_entries), "hash": calibration_hash(calib_entries)},
-        "options": {"ort_graph_optimization": ORT_OPT_LEVEL} if backend == "onnxruntime" else {"int8_mode": "explicit-qdq", "typing": "strong"},
+        "model": {
+            "classes": list(info.classes),
+            "preprocessing": json.loads(info.preprocessing.to_json()),
+            "output": info.output_kind,
+            "card": info.card,
+        },
+        "calibration": None
+        if not calib_entries
+        else {"archive": os.path.abspath(calib), "files": len(calib_entries), "hash": calibration_hash(calib_entries)},
+        "options": {"ort_graph_optimization": ORT_OPT_LEVEL}
+        if backend == "onnxruntime"
+        else {"int8_mode": "explicit-qdq", "typing": "strong"},
         # An EXTENDED-level ORT graph is plain ONNX + portable contrib ops; only ALL (layout
         # transforms for the build CPU's vector width) would tie it to the CPU.
         "hardware_specific": backend == "tensorrt",
@@ -583,17 +659,35 @@ def _base_fingerprint(info, backend: str, precision: str, profile, calib: str | 
     }
 
 
-def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard_entries, workspace_gb, timing_cache, force,
-               min_agreement, cache, log) -> BuildResult:
+def _build_one(
+    *,
+    precision,
+    info,
+    backend,
+    profile,
+    calib,
+    calib_entries,
+    guard_entries,
+    workspace_gb,
+    timing_cache,
+    force,
+    min_agreement,
+    cache,
+    log,
+) -> BuildResult:
     machine = machine_facts(backend)
-    fp = _base_fingerprint(info, backend, precision, profile, calib, calib_entries if precision == "int8" else None, machine)
+    fp = _base_fingerprint(
+        info, backend, precision, profile, calib, calib_entries if precision == "int8" else None, machine
+    )
     key = build_key(fp)
     final_dir = cache / key
     name = f"{Path(info.path).stem}.{precision}{_ext(backend)}"
     engine = final_dir / name
     if engine.exists() and sidecar_path(engine).exists():
         cached = read_fingerprint(engine)
-        log(f"cache hit: {engine} (built {cached.get('built_at')}; same model, backend, precision, profile, calibration and machine)")
+        log(
+            f"cache hit: {engine} (built {cached.get('built_at')}; same model, backend, precision, profile, calibration and machine)"
+        )
         return BuildResult(str(engine), backend, precision, True, cached)
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -601,15 +695,31 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
     try:
         tmp_engine = work / name
         t0 = time.perf_counter()
-        _build_files(info, backend, precision, profile, calib_entries, str(tmp_engine), workspace_gb, timing_cache, cache, machine, log)
+        _build_files(
+            info,
+            backend,
+            precision,
+            profile,
+            calib_entries,
+            str(tmp_engine),
+            workspace_gb,
+            timing_cache,
+            cache,
+            machine,
+            log,
+        )
         fp["build_seconds"] = round(time.perf_counter() - t0, 3)
         fp["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         fp["engine_sha256"] = _sha256(tmp_engine)
         if guard_entries:
-            log(f"accuracy guard: comparing {precision} engine with the source model (ONNX Runtime fp32) on {len(guard_entries)} scans")
+            log(
+                f"accuracy guard: comparing {precision} engine with the source model (ONNX Runtime fp32) on {len(guard_entries)} scans"
+            )
             g = accuracy_guard(info, backend, str(tmp_engine), precision, guard_entries, batch=min(profile[2], 64))
             g["min_agreement"] = min_agreement
-            g["held_out"] = not calib_entries or not ({e.abspath for e in guard_entries} & {e.abspath for e in calib_entries})
+            g["held_out"] = not calib_entries or not (
+                {e.abspath for e in guard_entries} & {e.abspath for e in calib_entries}
+            )
             g["passed"] = g["agreement"] >= min_agreement
             fp["guard"] = g
             log(_guard_line(g))
@@ -621,7 +731,10 @@ def _build_one(*, precision, info, backend, profile, calib, calib_entries, guard
                         "Calibrate on more, or more representative, scans (--calib, --calib-size), use fp32/fp16, or pass --force to keep it anyway.",
                     )
                 g["forced"] = bool(force)
-                log(f"warning: {precision} engine is below the agreement threshold; kept" + (" (--force)" if force else ""))
+                log(
+                    f"warning: {precision} engine is below the agreement threshold; kept"
+                    + (" (--force)" if force else "")
+                )
             if precision == "int8" and backend == "onnxruntime":
                 _int8_speed_check(info, str(tmp_engine), guard_entries, profile[1], g, log)
         else:
@@ -652,17 +765,24 @@ def _int8_speed_check(info, engine: str, entries, batch: int, g: dict, log: Log)
     x = next((b for b, _ in iter_scan_batches(entries, info.preprocessing, batch)), None)
     if x is None:
         return
-    with OnnxRuntimeRunner(info, path=info.path, precision="fp32") as ref, OnnxRuntimeRunner(info, path=engine, precision="int8") as eng:
+    with (
+        OnnxRuntimeRunner(info, path=info.path, precision="fp32") as ref,
+        OnnxRuntimeRunner(info, path=engine, precision="int8") as eng,
+    ):
         speeds = {"fp32": _throughput(ref, x), "int8": _throughput(eng, x)}
     ratio = speeds["int8"] / speeds["fp32"]
     g["img_per_s"] = {k: round(v, 1) for k, v in speeds.items()}
     g["speed_batch"] = int(len(x))
     g["faster_than_fp32"] = bool(ratio >= BEST_MIN_SPEEDUP)
     if g["faster_than_fp32"]:
-        log(f"speed: int8 {speeds['int8']:,.0f} img/s vs fp32 {speeds['fp32']:,.0f} img/s at batch {len(x)} ({ratio:.2f}x)")
+        log(
+            f"speed: int8 {speeds['int8']:,.0f} img/s vs fp32 {speeds['fp32']:,.0f} img/s at batch {len(x)} ({ratio:.2f}x)"
+        )
     else:
-        log(f"warning: int8 is NOT faster than fp32 on this machine ({speeds['int8']:,.0f} vs {speeds['fp32']:,.0f} img/s at batch {len(x)}, "
-            f"{ratio:.2f}x): prefer the fp32 engine (--precision best picks for you)")
+        log(
+            f"warning: int8 is NOT faster than fp32 on this machine ({speeds['int8']:,.0f} vs {speeds['fp32']:,.0f} img/s at batch {len(x)}, "
+            f"{ratio:.2f}x): prefer the fp32 engine (--precision best picks for you)"
+        )
 
 
 def _guard_line(g: dict) -> str:
@@ -683,7 +803,9 @@ def _calib_batches(info, entries, batch: int, *, drop_last: bool = False) -> Ite
         yield x
 
 
-def _build_files(info, backend, precision, profile, calib_entries, dst, workspace_gb, timing_cache, cache, machine, log) -> None:
+def _build_files(
+    info, backend, precision, profile, calib_entries, dst, workspace_gb, timing_cache, cache, machine, log
+) -> None:
     meta = dict(info.metadata or {})
     if backend == "onnxruntime":
         if precision == "fp32":
@@ -702,17 +824,22 @@ def _build_files(info, backend, precision, profile, calib_entries, dst, workspac
     if precision in ("fp16", "bf16"):
         from .onnx_cast import cast_model
 
-        log(f"{precision}: converting the graph to {precision} with fp32 inputs/outputs (strongly typed TensorRT build)")
+        log(
+            f"{precision}: converting the graph to {precision} with fp32 inputs/outputs (strongly typed TensorRT build)"
+        )
         src = cast_model(info.path, os.path.join(work, f"{precision}.onnx"), precision)
     elif precision == "int8":
-        log(f"int8: making a symmetric Q/DQ model calibrated on {len(calib_entries)} scans (TensorRT explicit quantization)")
+        log(
+            f"int8: making a symmetric Q/DQ model calibrated on {len(calib_entries)} scans (TensorRT explicit quantization)"
+        )
         src = os.path.join(work, "qdq.onnx")
         _ort_quantize_static(info.path, src, _calib_batches(info, calib_entries, 32), info.input_name, symmetric=True)
     if timing_cache is None:
         tag = f"{machine.get('gpu')}-{machine.get('tensorrt')}".replace(" ", "_").replace("/", "_")
         timing_cache = str(cache / f"timing-{tag}.cache")
-    data = build_serialized_engine(src, precision=precision, batch=tuple(profile), workspace_gb=workspace_gb,
-                                   timing_cache=timing_cache, log=log)
+    data = build_serialized_engine(
+        src, precision=precision, batch=tuple(profile), workspace_gb=workspace_gb, timing_cache=timing_cache, log=log
+    )
     with open(dst, "wb") as f:
         f.write(data)
 
@@ -722,7 +849,15 @@ def _build_best(*, info, backend, profile, calib, calib_entries, guard_entries, 
     from .backends import make_runner
 
     base = "fp32" if backend == "onnxruntime" else "fp16"
-    common = dict(info=info, backend=backend, profile=profile, calib=calib, calib_entries=calib_entries, guard_entries=guard_entries, log=log)
+    common = dict(
+        info=info,
+        backend=backend,
+        profile=profile,
+        calib=calib,
+        calib_entries=calib_entries,
+        guard_entries=guard_entries,
+        log=log,
+    )
     candidates = {base: _build_one(precision=base, **common, **kw)}
     notes = []
     if calib_entries:
@@ -733,10 +868,18 @@ def _build_best(*, info, backend, profile, calib, calib_entries, guard_entries, 
             log(notes[-1])
     else:
         notes.append("int8 not tried: no --calib scans")
-    x = next((b for b, _ in iter_scan_batches(guard_entries, info.preprocessing, profile[1])), None) if guard_entries else None
+    x = (
+        next((b for b, _ in iter_scan_batches(guard_entries, info.preprocessing, profile[1])), None)
+        if guard_entries
+        else None
+    )
     if x is None:
         spec = info.preprocessing
-        x = np.random.default_rng(0).normal(0, 1, (profile[1], spec.channels, spec.height, spec.width)).astype(np.float32)
+        x = (
+            np.random.default_rng(0)
+            .normal(0, 1, (profile[1], spec.channels, spec.height, spec.width))
+            .astype(np.float32)
+        )
     speeds = {}
     for prec, res in candidates.items():
         with make_runner(backend, info, engine_path=res.engine_path, precision=prec) as r:
@@ -748,11 +891,18 @@ def _build_best(*, info, backend, profile, calib, calib_entries, guard_entries, 
             picked = "int8"
             notes.append(f"int8 is {ratio:.2f}x the {base} throughput at batch {len(x)}: picked int8")
         else:
-            notes.append(f"int8 was NOT faster than {base} here ({ratio:.2f}x at batch {len(x)}; needs {BEST_MIN_SPEEDUP:.2f}x): picked {base}")
+            notes.append(
+                f"int8 was NOT faster than {base} here ({ratio:.2f}x at batch {len(x)}; needs {BEST_MIN_SPEEDUP:.2f}x): picked {base}"
+            )
     for n in notes[-1:]:
         log(n)
     result = candidates[picked]
-    result.selection = {"picked": picked, "img_per_s": {k: round(v, 1) for k, v in speeds.items()}, "batch": len(x), "notes": notes}
+    result.selection = {
+        "picked": picked,
+        "img_per_s": {k: round(v, 1) for k, v in speeds.items()},
+        "batch": len(x),
+        "notes": notes,
+    }
     fp = dict(result.fingerprint)
     fp["selection"] = result.selection
     _write_json(sidecar_path(result.engine_path), fp)
@@ -760,16 +910,39 @@ def _build_best(*, info, backend, profile, calib, calib_entries, guard_entries, 
     return result
 
 
-def build_tensorrt_engine(onnx_path: str, out_path: str, precision: str = "fp16", batch: Sequence[int] = (1, 64, 256), *,
-                          workspace_gb: float = 4.0, timing_cache: str | None = None, calib: str | None = None,
-                          calib_size: int = 256, guard_archive: str | None = None, force: bool = False,
-                          log: Log = print) -> BuildResult:
+def build_tensorrt_engine(
+    onnx_path: str,
+    out_path: str,
+    precision: str = "fp16",
+    batch: Sequence[int] = (1, 64, 256),
+    *,
+    workspace_gb: float = 4.0,
+    timing_cache: str | None = None,
+    calib: str | None = None,
+    calib_size: int = 256,
+    guard_archive: str | None = None,
+    force: bool = False,
+    log: Log = print,
+) -> BuildResult:
     """One call for scripts (benchmarks/gpu_check.py): build a fingerprinted TensorRT engine to ``out_path``."""
-    return build_engine(onnx_path, backend="tensorrt", precision=precision, batch=tuple(batch), calib=calib, calib_size=calib_size,
-                        out=out_path, workspace_gb=workspace_gb, timing_cache=timing_cache, guard_archive=guard_archive, force=force, log=log)
+    return build_engine(
+        onnx_path,
+        backend="tensorrt",
+        precision=precision,
+        batch=tuple(batch),
+        calib=calib,
+        calib_size=calib_size,
+        out=out_path,
+        workspace_gb=workspace_gb,
+        timing_cache=timing_cache,
+        guard_archive=guard_archive,
+        force=force,
+        log=log,
+    )
 
 
 # --------------------------------------------------------------------------- run --engine
+
 
 @dataclass(frozen=True)
 class ResolvedEngine:
@@ -780,7 +953,9 @@ class ResolvedEngine:
     fingerprint: dict
 
 
-def resolve_engine_for_run(engine_path: str, *, backend: str = "auto", rebuild: bool = False, model: str | None = None, log: Log | None = None) -> ResolvedEngine:
+def resolve_engine_for_run(
+    engine_path: str, *, backend: str = "auto", rebuild: bool = False, model: str | None = None, log: Log | None = None
+) -> ResolvedEngine:
     """Check ``engine_path``'s fingerprint against this machine before anything loads it."""
     import click
 
@@ -790,11 +965,15 @@ def resolve_engine_for_run(engine_path: str, *, backend: str = "auto", rebuild: 
         raise OctbatchError(f"engine {p} does not exist", "Build one with octbatch build-engine MODEL.onnx --out PATH.")
     fp = read_fingerprint(p)
     if fp is None:
-        raise OctbatchError(f"engine {p} has no fingerprint ({sidecar_path(p).name} is missing)",
-                            "Build it with octbatch build-engine (which writes the fingerprint), or pass a plain ONNX model as --model.")
+        raise OctbatchError(
+            f"engine {p} has no fingerprint ({sidecar_path(p).name} is missing)",
+            "Build it with octbatch build-engine (which writes the fingerprint), or pass a plain ONNX model as --model.",
+        )
     eb = fp.get("backend")
     if backend not in ("auto", eb):
-        raise OctbatchError(f"engine {p} is a {eb} engine but --backend is {backend}", f"Drop --backend or use --backend {eb}.")
+        raise OctbatchError(
+            f"engine {p} is a {eb} engine but --backend is {backend}", f"Drop --backend or use --backend {eb}."
+        )
     here = machine_facts(eb, strict=False)
     diffs = check_fingerprint(fp, here)
     src = fp.get("source", {})
@@ -802,22 +981,41 @@ def resolve_engine_for_run(engine_path: str, *, backend: str = "auto", rebuild: 
         from .model import file_sha256
 
         if Path(model).is_file() and file_sha256(model) != src.get("sha256"):
-            diffs.append(f"model: engine was built from {src.get('path')} (sha256 {str(src.get('sha256'))[:12]}), --model {model} differs")
+            diffs.append(
+                f"model: engine was built from {src.get('path')} (sha256 {str(src.get('sha256'))[:12]}), --model {model} differs"
+            )
     if diffs:
         what = describe_mismatch(str(p), fp, here, diffs)
         if not rebuild:
             batch = ":".join(str(b) for b in fp.get("batch_profile", DEFAULT_BATCH))
-            raise OctbatchError(what, f"Rebuild it here: octbatch build-engine {model or src.get('path')} --backend {eb} "
-                                      f"--precision {fp.get('precision')} --batch {batch} --out {p}; or pass --rebuild-on-mismatch")
+            raise OctbatchError(
+                what,
+                f"Rebuild it here: octbatch build-engine {model or src.get('path')} --backend {eb} "
+                f"--precision {fp.get('precision')} --batch {batch} --out {p}; or pass --rebuild-on-mismatch",
+            )
         source = model or src.get("path")
         if not source or not Path(source).is_file():
-            raise OctbatchError(f"{what}; cannot rebuild: the source model {source} is gone", "Pass --model SOURCE.onnx to rebuild from it.")
+            raise OctbatchError(
+                f"{what}; cannot rebuild: the source model {source} is gone",
+                "Pass --model SOURCE.onnx to rebuild from it.",
+            )
         log(f"{what}: rebuilding")
         calib = (fp.get("calibration") or {}).get("archive")
         if calib and not Path(calib).is_dir():
-            raise OctbatchError(f"cannot rebuild the int8 engine: its calibration archive {calib} is gone", "Rebuild by hand with octbatch build-engine --calib ARCHIVE.")
-        res = build_engine(source, backend=eb, precision=fp.get("precision", "fp32"), batch=fp.get("batch_profile"), calib=calib,
-                           calib_size=(fp.get("calibration") or {}).get("files", 256), out=str(p), log=log)
+            raise OctbatchError(
+                f"cannot rebuild the int8 engine: its calibration archive {calib} is gone",
+                "Rebuild by hand with octbatch build-engine --calib ARCHIVE.",
+            )
+        res = build_engine(
+            source,
+            backend=eb,
+            precision=fp.get("precision", "fp32"),
+            batch=fp.get("batch_profile"),
+            calib=calib,
+            calib_size=(fp.get("calibration") or {}).get("files", 256),
+            out=str(p),
+            log=log,
+        )
         fp = res.fingerprint
         src = fp["source"]
     model_path = model
@@ -830,13 +1028,16 @@ def resolve_engine_for_run(engine_path: str, *, backend: str = "auto", rebuild: 
                 model_path = sp
         if model_path is None:
             if eb != "onnxruntime":
-                raise OctbatchError(f"the source model of {p} ({sp}) is missing or changed, and a TensorRT engine does not carry the model's metadata",
-                                    "Pass --model SOURCE.onnx (the model the engine was built from).")
+                raise OctbatchError(
+                    f"the source model of {p} ({sp}) is missing or changed, and a TensorRT engine does not carry the model's metadata",
+                    "Pass --model SOURCE.onnx (the model the engine was built from).",
+                )
             model_path = str(p)  # ORT engines carry the metadata_props of their source
     return ResolvedEngine(eb, str(p), fp.get("precision", "fp32"), str(model_path), fp)
 
 
 # --------------------------------------------------------------------------- inspect
+
 
 def inspect_engine(path: str) -> dict:
     """Metadata, fingerprint, inputs/outputs and whether it can run here, for an engine or a plain model."""
@@ -856,7 +1057,10 @@ def inspect_engine(path: str) -> dict:
         try:
             sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-            raise OctbatchError(f"{p} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})", "Pass an .onnx file or a built engine.") from None
+            raise OctbatchError(
+                f"{p} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})",
+                "Pass an .onnx file or a built engine.",
+            ) from None
         meta = dict(sess.get_modelmeta().custom_metadata_map)
         out["kind"] = "onnx engine" if fp else "onnx model"
         out["inputs"] = [{"name": i.name, "shape": list(i.shape), "dtype": i.type} for i in sess.get_inputs()]
@@ -871,8 +1075,13 @@ def inspect_engine(path: str) -> dict:
     else:
         out["kind"] = "tensorrt engine"
         model = (fp or {}).get("model", {})
-        out["metadata"] = {"classes": model.get("classes"), "preprocessing": model.get("preprocessing"),
-                           "output": model.get("output"), "precision": (fp or {}).get("precision"), "card": model.get("card")}
+        out["metadata"] = {
+            "classes": model.get("classes"),
+            "preprocessing": model.get("preprocessing"),
+            "output": model.get("output"),
+            "precision": (fp or {}).get("precision"),
+            "card": model.get("card"),
+        }
         out["inputs"] = out["outputs"] = None
         try:
             out["inputs"], out["outputs"] = _trt_io(str(p))

@@ -4,8 +4,8 @@ produce the same part files, so the same table comes out whichever ran."""
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .shards import Shard
 from .worker import ShardSummary, ShardWorker, WorkerConfig
@@ -85,7 +85,11 @@ class LocalExecutor(Executor):
                         if isinstance(exc, OctbatchError):
                             raise  # disk full, unwritable output: every shard would fail the same way
                         if attempts > self.max_shard_retries:
-                            res.failures.append(ShardFailure(shard, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", attempts))
+                            res.failures.append(
+                                ShardFailure(
+                                    shard, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", attempts
+                                )
+                            )
                             break
                         if shard.id not in res.redone:
                             res.redone.append(shard.id)

@@ -12,8 +12,8 @@ A row's identity for exactly-once runs is (path, frame, size, mtime): ``row_key`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -86,7 +86,7 @@ def entry_row_key(e) -> int:
 def _no_extension_or_numeric(name: str) -> bool:
     """DICOM files from a PACS often have no extension, or a UID as name (1.2.840....123)."""
     dot = name.rfind(".")
-    return dot <= 0 or name[dot + 1:].isdigit()
+    return dot <= 0 or name[dot + 1 :].isdigit()
 
 
 def discovery_filters(formats: Sequence[str] | None) -> tuple[tuple[str, ...], Callable[[str, str], bool] | None]:
@@ -105,7 +105,9 @@ def _sniff_dicom(name: str, path: str) -> bool:
     return _no_extension_or_numeric(name) and has_dicm_magic(path)
 
 
-def expand(entries: Iterable, *, pseudonymize, max_pixels: int, max_volume_pixels: int = DEFAULT_MAX_VOLUME_PIXELS) -> Iterator:
+def expand(
+    entries: Iterable, *, pseudonymize, max_pixels: int, max_volume_pixels: int = DEFAULT_MAX_VOLUME_PIXELS
+) -> Iterator:
     """Yield each JPEG/PNG/single-page TIFF entry as it is and each volume as its frames."""
     for e in entries:
         if e.path.endswith(_PLAIN_CASED):  # a JPEG archive pays this one test per file
@@ -163,9 +165,16 @@ def _expand_tiff(e, max_pixels, max_volume_pixels) -> Iterator:
         yield e
         return
     if w * h * n > max_volume_pixels:
-        yield FrameEntry(e.path, e.abspath, e.size, e.mtime_ns, None, None,
-                         f"TIFF stack of {n} pages of {w}x{h} is over the {max_volume_pixels / 1e9:.1f} G pixel volume limit "
-                         "(raise --max-volume-pixels if genuine)")
+        yield FrameEntry(
+            e.path,
+            e.abspath,
+            e.size,
+            e.mtime_ns,
+            None,
+            None,
+            f"TIFF stack of {n} pages of {w}x{h} is over the {max_volume_pixels / 1e9:.1f} G pixel volume limit "
+            "(raise --max-volume-pixels if genuine)",
+        )
         return
     info = TiffInfo("tiff", n)
     for i in range(n):

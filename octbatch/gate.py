@@ -89,7 +89,10 @@ class GateSettings:
         if self.mode not in GATE_MODES:
             raise OctbatchError(f"unknown gate mode {self.mode!r}", f"Use one of {', '.join(GATE_MODES)}.")
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
-            raise OctbatchError(f"--gate-threshold {self.threshold} is not between 0 and 1", "Give a score threshold from 0 to 1 (e.g. 0.5).")
+            raise OctbatchError(
+                f"--gate-threshold {self.threshold} is not between 0 and 1",
+                "Give a score threshold from 0 to 1 (e.g. 0.5).",
+            )
 
     @property
     def enabled(self) -> bool:
@@ -126,9 +129,20 @@ def image_stats(x01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (flat.std(axis=1) * 255.0).astype(np.float32), (p99 * 255.0).astype(np.float32)
 
 
-STATS_NAMES = ("mean", "std", "row_profile_std", "column_profile_std", "log_vertical_over_horizontal_gradient",
-               "dark_fraction", "bright_fraction", "brightest_row_position", "top_rows_minus_mean", "speckle",
-               "corners_minus_centre", "largest_row_step")
+STATS_NAMES = (
+    "mean",
+    "std",
+    "row_profile_std",
+    "column_profile_std",
+    "log_vertical_over_horizontal_gradient",
+    "dark_fraction",
+    "bright_fraction",
+    "brightest_row_position",
+    "top_rows_minus_mean",
+    "speckle",
+    "corners_minus_centre",
+    "largest_row_step",
+)
 
 
 def stats_features(x01: np.ndarray) -> np.ndarray:
@@ -147,14 +161,30 @@ def stats_features(x01: np.ndarray) -> np.ndarray:
     rows, cols = b.mean(axis=2), b.mean(axis=1)
     gy = np.abs(np.diff(b, axis=1)).mean(axis=(1, 2))
     gx = np.abs(np.diff(b, axis=2)).mean(axis=(1, 2))
-    corners = (x[:, :8, :8].mean(axis=(1, 2)) + x[:, :8, -8:].mean(axis=(1, 2)) + x[:, -8:, :8].mean(axis=(1, 2))
-               + x[:, -8:, -8:].mean(axis=(1, 2))) / 4
+    corners = (
+        x[:, :8, :8].mean(axis=(1, 2))
+        + x[:, :8, -8:].mean(axis=(1, 2))
+        + x[:, -8:, :8].mean(axis=(1, 2))
+        + x[:, -8:, -8:].mean(axis=(1, 2))
+    ) / 4
     centre = x[:, 24:40, 24:40].mean(axis=(1, 2))
-    f = np.stack([mean, std, rows.std(axis=1) / std, cols.std(axis=1) / std, np.log((gy + 1e-4) / (gx + 1e-4)),
-                  (x < 0.08).reshape(n, -1).mean(axis=1), (x > 0.9).reshape(n, -1).mean(axis=1),
-                  rows.argmax(axis=1) / rows.shape[1], rows[:, :8].mean(axis=1) - rows.mean(axis=1),
-                  np.abs(x - b).reshape(n, -1).mean(axis=1) / std, corners - centre,
-                  np.abs(np.diff(rows, axis=1)).max(axis=1) / std], axis=1)
+    f = np.stack(
+        [
+            mean,
+            std,
+            rows.std(axis=1) / std,
+            cols.std(axis=1) / std,
+            np.log((gy + 1e-4) / (gx + 1e-4)),
+            (x < 0.08).reshape(n, -1).mean(axis=1),
+            (x > 0.9).reshape(n, -1).mean(axis=1),
+            rows.argmax(axis=1) / rows.shape[1],
+            rows[:, :8].mean(axis=1) - rows.mean(axis=1),
+            np.abs(x - b).reshape(n, -1).mean(axis=1) / std,
+            corners - centre,
+            np.abs(np.diff(rows, axis=1)).max(axis=1) / std,
+        ],
+        axis=1,
+    )
     return f.astype(np.float32)
 
 
@@ -178,8 +208,13 @@ class Gate:
 
         p = Path(path) if path is not None else default_gate_path()
         if not p.is_file():
-            hint = "Pass --gate-model PATH to a gate made by octbatch train-gate, or --gate off." if path is not None else (
-                "The shipped gate is missing from this install: reinstall octbatch, train one with octbatch train-gate, or use --gate off.")
+            hint = (
+                "Pass --gate-model PATH to a gate made by octbatch train-gate, or --gate off."
+                if path is not None
+                else (
+                    "The shipped gate is missing from this install: reinstall octbatch, train one with octbatch train-gate, or use --gate off."
+                )
+            )
             raise OctbatchError(f"gate model {p} does not exist", hint)
         from .backends.onnxrt import make_session
 
@@ -188,14 +223,18 @@ class Gate:
         except OctbatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for bad files
-            raise OctbatchError(f"gate model {p} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})",
-                                "Pass a file made by octbatch train-gate, or --gate off.") from None
+            raise OctbatchError(
+                f"gate model {p} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})",
+                "Pass a file made by octbatch train-gate, or --gate off.",
+            ) from None
         meta = dict(self._sess.get_modelmeta().custom_metadata_map)
         try:
             self.info = json.loads(meta[META_GATE])
             file_threshold = float(self.info["threshold"])
         except (KeyError, ValueError, TypeError):
-            raise OctbatchError(f"gate model {p} has no octbatch gate metadata", "Pass a file made by octbatch train-gate.") from None
+            raise OctbatchError(
+                f"gate model {p} has no octbatch gate metadata", "Pass a file made by octbatch train-gate."
+            ) from None
         self.path = str(p)
         self.sha256 = file_sha256(p)
         self.threshold = float(threshold) if threshold is not None else file_threshold
@@ -224,8 +263,12 @@ class Gate:
 
     def describe(self) -> dict:
         """What a result depends on (stored in the output's metadata)."""
-        return {"gate_sha256": self.sha256, "gate_path": os.path.basename(self.path), "threshold": self.threshold,
-                "version": self.info.get("version")}
+        return {
+            "gate_sha256": self.sha256,
+            "gate_path": os.path.basename(self.path),
+            "threshold": self.threshold,
+            "version": self.info.get("version"),
+        }
 
     def close(self) -> None:
         self._sess = None

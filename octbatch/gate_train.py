@@ -25,9 +25,9 @@ import csv
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -54,10 +54,33 @@ __all__ = [
 
 TRAIN_HINTS = ("train", "unknown")  # everything else (test-v3, test, val, ...) is report-only
 BASE_HEIGHT = 128
-GATE_DEFAULTS = dict(epochs=8, batch_size=128, lr=3e-3, weight_decay=1e-4, synth_per_epoch=1600, real_neg_repeat=8,
-                     val_fraction=0.1, target_false_flag=0.002, max_threshold=0.5)
-SYNTH_KINDS = ("constant", "saturated", "gradient", "noise", "dark_speckle", "text", "shapes", "disk", "vessels",
-               "clouds", "grid", "oct_rotated", "oct_tiles", "oct_background")
+GATE_DEFAULTS = dict(
+    epochs=8,
+    batch_size=128,
+    lr=3e-3,
+    weight_decay=1e-4,
+    synth_per_epoch=1600,
+    real_neg_repeat=8,
+    val_fraction=0.1,
+    target_false_flag=0.002,
+    max_threshold=0.5,
+)
+SYNTH_KINDS = (
+    "constant",
+    "saturated",
+    "gradient",
+    "noise",
+    "dark_speckle",
+    "text",
+    "shapes",
+    "disk",
+    "vessels",
+    "clouds",
+    "grid",
+    "oct_rotated",
+    "oct_tiles",
+    "oct_background",
+)
 
 
 @dataclass
@@ -79,18 +102,42 @@ def load_oct(data_dir: str | os.PathLike) -> list[OctImage]:
     root = Path(data_dir)
     m = root / "manifest.csv"
     if not m.is_file():
-        raise OctbatchError(f"{m} does not exist", "Give the OCT folder with a manifest.csv (path,label,...,split_hint), e.g. ../shared/data/oct2017.")
-    return [OctImage(str(root / r["path"]), r["path"], True, (r.get("split_hint") or "unknown").strip() or "unknown",
-                     r.get("label", ""), "oct2017") for r in _read_manifest(m)]
+        raise OctbatchError(
+            f"{m} does not exist",
+            "Give the OCT folder with a manifest.csv (path,label,...,split_hint), e.g. ../shared/data/oct2017.",
+        )
+    return [
+        OctImage(
+            str(root / r["path"]),
+            r["path"],
+            True,
+            (r.get("split_hint") or "unknown").strip() or "unknown",
+            r.get("label", ""),
+            "oct2017",
+        )
+        for r in _read_manifest(m)
+    ]
 
 
 def load_non_oct(data_dir: str | os.PathLike) -> list[OctImage]:
     root = Path(data_dir)
     m = root / "manifest.csv"
     if not m.is_file():
-        raise OctbatchError(f"{m} does not exist", "Give the non-OCT folder with a manifest.csv (path,category,source_repo,...), e.g. ../shared/data/non-oct.")
-    return [OctImage(str(root / r["path"]), r["path"], False, "non-oct", r["category"],
-                     r["source_repo"].rstrip("/").rsplit("/", 1)[-1]) for r in _read_manifest(m)]
+        raise OctbatchError(
+            f"{m} does not exist",
+            "Give the non-OCT folder with a manifest.csv (path,category,source_repo,...), e.g. ../shared/data/non-oct.",
+        )
+    return [
+        OctImage(
+            str(root / r["path"]),
+            r["path"],
+            False,
+            "non-oct",
+            r["category"],
+            r["source_repo"].rstrip("/").rsplit("/", 1)[-1],
+        )
+        for r in _read_manifest(m)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -167,7 +214,7 @@ def random_view(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cw = int(min(w, max(8, round(ch * aspect))))
     top = int(rng.integers(0, h - ch + 1))
     left = int(rng.integers(0, w - cw + 1))
-    crop = base[top:top + ch, left:left + cw]
+    crop = base[top : top + ch, left : left + cw]
     gh, gw = GATE_SIZE
     v = cv2.resize(crop, (gw, gh), interpolation=cv2.INTER_AREA if (ch >= gh and cw >= gw) else cv2.INTER_LINEAR)
     if rng.random() < 0.5:
@@ -191,15 +238,25 @@ def _smooth_noise(rng, h, w, scale):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def synth_negative(kind: str, rng: np.random.Generator, oct_bases: Sequence[np.ndarray] = (), h: int = BASE_HEIGHT, w: int = BASE_HEIGHT) -> np.ndarray:
+def synth_negative(
+    kind: str,
+    rng: np.random.Generator,
+    oct_bases: Sequence[np.ndarray] = (),
+    h: int = BASE_HEIGHT,
+    w: int = BASE_HEIGHT,
+) -> np.ndarray:
     """One synthetic non-B-scan image (uint8, h x w) of the given kind."""
     import cv2
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == "constant":
-        img = np.full((h, w), rng.choice([0, 255, rng.uniform(0, 255)]), np.float32) + rng.normal(0, rng.uniform(0, 2), (h, w))
+        img = np.full((h, w), rng.choice([0, 255, rng.uniform(0, 255)]), np.float32) + rng.normal(
+            0, rng.uniform(0, 2), (h, w)
+        )
     elif kind == "saturated":
-        img = np.where(_smooth_noise(rng, h, w, int(rng.integers(4, 40))) > rng.uniform(0.3, 0.7), 255.0, rng.uniform(0, 80))
+        img = np.where(
+            _smooth_noise(rng, h, w, int(rng.integers(4, 40))) > rng.uniform(0.3, 0.7), 255.0, rng.uniform(0, 80)
+        )
     elif kind == "gradient":
         a = rng.uniform(0, 2 * np.pi)
         t = (np.cos(a) * xx + np.sin(a) * yy) / max(h, w)
@@ -216,8 +273,15 @@ def synth_negative(kind: str, rng: np.random.Generator, oct_bases: Sequence[np.n
         fg = 255 - bg
         for _ in range(int(rng.integers(3, 12))):
             s = "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .:%-/"), int(rng.integers(4, 18))))
-            cv2.putText(img, s, (int(rng.integers(0, w // 2)), int(rng.integers(8, h))), int(rng.integers(0, 4)),
-                        rng.uniform(0.25, 0.7), int(fg * rng.uniform(0.5, 1)), 1)
+            cv2.putText(
+                img,
+                s,
+                (int(rng.integers(0, w // 2)), int(rng.integers(8, h))),
+                int(rng.integers(0, 4)),
+                rng.uniform(0.25, 0.7),
+                int(fg * rng.uniform(0.5, 1)),
+                1,
+            )
         if rng.random() < 0.5:
             for _ in range(int(rng.integers(1, 5))):
                 y = int(rng.integers(0, h))
@@ -228,7 +292,9 @@ def synth_negative(kind: str, rng: np.random.Generator, oct_bases: Sequence[np.n
             c = float(rng.uniform(0, 255))
             p = (int(rng.integers(0, w)), int(rng.integers(0, h)))
             if rng.random() < 0.5:
-                cv2.rectangle(img, p, (int(rng.integers(0, w)), int(rng.integers(0, h))), c, -1 if rng.random() < 0.6 else 2)
+                cv2.rectangle(
+                    img, p, (int(rng.integers(0, w)), int(rng.integers(0, h))), c, -1 if rng.random() < 0.6 else 2
+                )
             else:
                 cv2.circle(img, p, int(rng.integers(3, w // 2)), c, -1 if rng.random() < 0.6 else 2)
     elif kind == "disk":  # fundus-like: bright disk, dark corners, darker vessels, a bright optic disc
@@ -277,14 +343,16 @@ def synth_negative(kind: str, rng: np.random.Generator, oct_bases: Sequence[np.n
             bh, bw = b.shape
             t = 4
             th, tw = bh // t, bw // t
-            tiles = [b[i * th:(i + 1) * th, j * tw:(j + 1) * tw] for i in range(t) for j in range(t)]
+            tiles = [b[i * th : (i + 1) * th, j * tw : (j + 1) * tw] for i in range(t) for j in range(t)]
             order = rng.permutation(len(tiles))
-            img = np.vstack([np.hstack([tiles[order[i * t + j]] for j in range(t)]) for i in range(t)]).astype(np.float32)
+            img = np.vstack([np.hstack([tiles[order[i * t + j]] for j in range(t)]) for i in range(t)]).astype(
+                np.float32
+            )
         else:  # only the darkest band of rows (above or below the retina): speckle, nothing in view
             band = max(4, b.shape[0] // 6)
-            means = [b[i:i + band].mean() for i in range(0, b.shape[0] - band + 1, band // 2)]
+            means = [b[i : i + band].mean() for i in range(0, b.shape[0] - band + 1, band // 2)]
             top = int(np.argmin(means)) * (band // 2)
-            rows = b[top:top + band]
+            rows = b[top : top + band]
             img = cv2.resize(rows, (b.shape[1], b.shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
             img = img * rng.gamma(3.0, 1 / 3.0, img.shape)
     else:
@@ -337,8 +405,15 @@ def _epoch_batch(pos_bases, neg_bases, oct_bases, rng, cfg):
     return np.stack(xs)[:, None].astype(np.float32) / 255.0, np.array(ys, np.float32)
 
 
-def train_gate(pos_bases: Sequence[np.ndarray], neg_bases: Sequence[np.ndarray], *, seed: int = 0, threads: int = 2,
-               log=None, **overrides):
+def train_gate(
+    pos_bases: Sequence[np.ndarray],
+    neg_bases: Sequence[np.ndarray],
+    *,
+    seed: int = 0,
+    threads: int = 2,
+    log=None,
+    **overrides,
+):
     """Train the gate CNN; returns the torch model (eval mode). Positives and negatives are base images."""
     from ._deps import require
 
@@ -361,11 +436,13 @@ def train_gate(pos_bases: Sequence[np.ndarray], neg_bases: Sequence[np.ndarray],
         bs = cfg["batch_size"]
         if sched is None:
             steps_per_epoch = (len(y) + bs - 1) // bs
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=steps_per_epoch * cfg["epochs"] + 10)
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg["lr"], total_steps=steps_per_epoch * cfg["epochs"] + 10
+            )
         model.train()
         total = 0.0
         for i in range(0, len(y), bs):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             xb, yb, wb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx]), torch.from_numpy(w[idx])
             logit = model(xb).view(-1)
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(logit, yb, reduction="none") * wb).mean()
@@ -375,7 +452,9 @@ def train_gate(pos_bases: Sequence[np.ndarray], neg_bases: Sequence[np.ndarray],
             sched.step()
             total += float(loss.detach()) * len(idx)
         if log:
-            log(f"gate epoch {epoch + 1}/{cfg['epochs']}: loss {total / len(y):.4f} ({time.perf_counter() - t0:.1f} s, {len(y)} views)")
+            log(
+                f"gate epoch {epoch + 1}/{cfg['epochs']}: loss {total / len(y):.4f} ({time.perf_counter() - t0:.1f} s, {len(y)} views)"
+            )
     model.eval()
     return model
 
@@ -393,7 +472,12 @@ def fit_logreg(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, iters: int = 600,
         g = w * (p - y)
         beta -= lr * (Z.T @ g / w.sum() + l2 * beta)
         b0 -= lr * g.sum() / w.sum()
-    model = {"mu": [float(v) for v in mu], "sd": [float(v) for v in sd], "beta": [float(v) for v in beta], "b0": float(b0)}
+    model = {
+        "mu": [float(v) for v in mu],
+        "sd": [float(v) for v in sd],
+        "beta": [float(v) for v in beta],
+        "b0": float(b0),
+    }
     return (lambda Xn: stats_probability(Xn, model)), model
 
 
@@ -421,7 +505,7 @@ def torch_scores(model, x01: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = []
         for i in range(0, len(x01), 512):
-            out.append(torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(x01[i:i + 512])))).view(-1).numpy())
+            out.append(torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(x01[i : i + 512])))).view(-1).numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -450,9 +534,17 @@ def export_gate(model, out: str | os.PathLike, info: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 1, *GATE_SIZE),), str(tmp), input_names=["input"], output_names=["logit"],
-                          dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}}, opset_version=17,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, *GATE_SIZE),),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logit"],
+            dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}},
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     m = onnx.load(str(tmp))
     _set_metadata(onnx, m, {META_GATE: json.dumps(info, sort_keys=True)})
     m.producer_name = "octbatch.train-gate"
@@ -472,8 +564,21 @@ def rates(scores: np.ndarray, threshold: float) -> float:
     return float((scores < threshold).mean()) if len(scores) else float("nan")
 
 
-def evaluate_holdout(oct_items, oct_bases, neg_items, neg_bases, *, spec, by: str = "source", seed: int = 0, threads: int = 2,
-                     neg_views=None, log=None, only: Sequence[str] | None = None, **overrides) -> dict:
+def evaluate_holdout(
+    oct_items,
+    oct_bases,
+    neg_items,
+    neg_bases,
+    *,
+    spec,
+    by: str = "source",
+    seed: int = 0,
+    threads: int = 2,
+    neg_views=None,
+    log=None,
+    only: Sequence[str] | None = None,
+    **overrides,
+) -> dict:
     """One gate per held-out group (by="source": source_repo; by="category"), trained without that
     group's real negatives; each held-out image scored by the gate that never saw its group.
     Returns per-image scores and catch rates per group and per category."""
@@ -481,7 +586,7 @@ def evaluate_holdout(oct_items, oct_bases, neg_items, neg_bases, *, spec, by: st
     # the same training B-scans as the shipped gate (its validation tenth left out)
     pool = [i for i, it in enumerate(oct_items) if it.split in TRAIN_HINTS and oct_bases[i] is not None]
     pool = list(np.random.default_rng(seed).permutation(pool))
-    pos = [oct_bases[i] for i in sorted(pool[max(1, int(len(pool) * cfg["val_fraction"])):])]
+    pos = [oct_bases[i] for i in sorted(pool[max(1, int(len(pool) * cfg["val_fraction"])) :])]
     if neg_views is None:
         neg_views, _ = runtime_views(neg_items, spec, threads=threads)
     groups = sorted({getattr(it, by) for it in neg_items} if only is None else only)
@@ -498,9 +603,17 @@ def evaluate_holdout(oct_items, oct_bases, neg_items, neg_bases, *, spec, by: st
         st[rows] = apply_rules(stats_fn(stats_features(neg_views[rows])), neg_views[rows])
         scores[rows] = np.minimum(cnn[rows], st[rows])
         if log:
-            log(f"held out {by} {g}: {len(rows)} images, median score {float(np.median(scores[rows])):.3f} "
-                f"(CNN {float(np.median(cnn[rows])):.3f}, statistics {float(np.median(st[rows])):.3f})")
-    return {"by": by, "groups": groups, "scores": scores.tolist(), "cnn_scores": cnn.tolist(), "stats_scores": st.tolist()}
+            log(
+                f"held out {by} {g}: {len(rows)} images, median score {float(np.median(scores[rows])):.3f} "
+                f"(CNN {float(np.median(cnn[rows])):.3f}, statistics {float(np.median(st[rows])):.3f})"
+            )
+    return {
+        "by": by,
+        "groups": groups,
+        "scores": scores.tolist(),
+        "cnn_scores": cnn.tolist(),
+        "stats_scores": st.tolist(),
+    }
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -513,8 +626,18 @@ def _by(items, scores, key, threshold):
     return {k: {"n": len(v), "flagged": int(sum(v)), "rate": round(sum(v) / len(v), 4)} for k, v in sorted(out.items())}
 
 
-def train_gate_file(oct_dir: str | os.PathLike, non_oct_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0,
-                    threads: int = 2, model: str | None = None, holdout: bool = False, log=None, **overrides) -> dict:
+def train_gate_file(
+    oct_dir: str | os.PathLike,
+    non_oct_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    threads: int = 2,
+    model: str | None = None,
+    holdout: bool = False,
+    log=None,
+    **overrides,
+) -> dict:
     """Train the gate on ``oct_dir`` (B-scans, manifest with split_hint) and ``non_oct_dir`` (manifest with
     category and source_repo), write it to ``out`` with its threshold, and measure it: false flags on
     every report-only split of ``oct_dir`` (through the runtime path, with the classifier's
@@ -532,15 +655,20 @@ def train_gate_file(oct_dir: str | os.PathLike, non_oct_dir: str | os.PathLike, 
     pool = [i for i, it in enumerate(oct_items) if it.split in TRAIN_HINTS and oct_bases[i] is not None]
     report_rows = [i for i, it in enumerate(oct_items) if it.split not in TRAIN_HINTS]
     if not pool:
-        raise OctbatchError(f"no training B-scans in {oct_dir} (split_hint train or unknown)", "Give the OCT folder whose manifest has train/unknown rows.")
+        raise OctbatchError(
+            f"no training B-scans in {oct_dir} (split_hint train or unknown)",
+            "Give the OCT folder whose manifest has train/unknown rows.",
+        )
     rng = np.random.default_rng(seed)
     pool = list(rng.permutation(pool))
     n_val = max(1, int(len(pool) * cfg["val_fraction"]))
     val_rows, train_rows = sorted(pool[:n_val]), sorted(pool[n_val:])
     negs = [b for b in neg_bases if b is not None]
     if log:
-        log(f"gate: {len(train_rows)} training B-scans, {n_val} validation B-scans, {len(negs)} real negatives, "
-            f"{cfg['synth_per_epoch']} synthetic negatives per epoch; report-only scans kept out: {len(report_rows)}")
+        log(
+            f"gate: {len(train_rows)} training B-scans, {n_val} validation B-scans, {len(negs)} real negatives, "
+            f"{cfg['synth_per_epoch']} synthetic negatives per epoch; report-only scans kept out: {len(report_rows)}"
+        )
     from .gate import STATS_NAMES, stats_features
 
     net = train_gate([oct_bases[i] for i in train_rows], negs, seed=seed, threads=threads, log=log, **cfg)
@@ -549,43 +677,73 @@ def train_gate_file(oct_dir: str | os.PathLike, non_oct_dir: str | os.PathLike, 
     vv = oct_views[val_rows]
     val_scores = apply_rules(np.minimum(torch_scores(net, vv), stats_fn(stats_features(vv))), vv)
     threshold = _choose_threshold(val_scores, cfg)
-    info = {"version": 1, "threshold": round(threshold, 4), "input_size": [64, 64], "seed": seed,
-            "stats_model": {**stats_model, "features": list(STATS_NAMES)},
-            "combine": "min(CNN probability, statistics probability)",
-            "trained_on": {"oct_scans": len(train_rows), "oct_splits": list(TRAIN_HINTS), "non_oct_images": len(negs),
-                           "synthetic_kinds": list(SYNTH_KINDS)},
-            "rules": "octbatch.gate rules: blank (std < 6 or 99th percentile < 40 of 255, at 64x64) scores 0; "
-                     "reason 'blank or no retina visible' when the 99th percentile is below 64"}
+    info = {
+        "version": 1,
+        "threshold": round(threshold, 4),
+        "input_size": [64, 64],
+        "seed": seed,
+        "stats_model": {**stats_model, "features": list(STATS_NAMES)},
+        "combine": "min(CNN probability, statistics probability)",
+        "trained_on": {
+            "oct_scans": len(train_rows),
+            "oct_splits": list(TRAIN_HINTS),
+            "non_oct_images": len(negs),
+            "synthetic_kinds": list(SYNTH_KINDS),
+        },
+        "rules": "octbatch.gate rules: blank (std < 6 or 99th percentile < 40 of 255, at 64x64) scores 0; "
+        "reason 'blank or no retina visible' when the 99th percentile is below 64",
+    }
     export_gate(net, out, info)
     from .gate import Gate
 
     gate = Gate(out)
-    metrics = {"gate": str(out), "threshold": gate.threshold, "validation_false_flag": rates(val_scores, threshold),
-               "classifier_preprocessing": json.loads(spec.to_json())}
+    metrics = {
+        "gate": str(out),
+        "threshold": gate.threshold,
+        "validation_false_flag": rates(val_scores, threshold),
+        "classifier_preprocessing": json.loads(spec.to_json()),
+    }
     rep_items = [oct_items[i] for i in report_rows if oct_ok[i]]
     for name, sp in (("classifier_rule", spec), ("stretch_rule", dc_replace(spec, resize="stretch"))):
         views, ok = runtime_views(rep_items, sp, threads=threads)
         s, _ = _score_views(gate, views[ok])
-        metrics[f"report_only_false_flags_{name}"] = {"all": {"n": int(ok.sum()), "flagged": int((s < threshold).sum()),
-                                                              "rate": round(rates(s, threshold), 5)},
-                                                      **_by([it for it, o in zip(rep_items, ok) if o], s, "split", threshold)}
+        metrics[f"report_only_false_flags_{name}"] = {
+            "all": {"n": int(ok.sum()), "flagged": int((s < threshold).sum()), "rate": round(rates(s, threshold), 5)},
+            **_by([it for it, o in zip(rep_items, ok) if o], s, "split", threshold),
+        }
     neg_views, neg_ok = runtime_views(neg_items, spec, threads=threads)
     s, _ = _score_views(gate, neg_views)
     metrics["non_oct_caught_in_sample"] = _by(neg_items, s, "category", threshold)
     if holdout:
         for by in ("source", "category"):
-            h = evaluate_holdout(oct_items, oct_bases, neg_items, neg_bases, spec=spec, by=by, seed=seed, threads=threads,
-                                 neg_views=neg_views, log=log, **cfg)
+            h = evaluate_holdout(
+                oct_items,
+                oct_bases,
+                neg_items,
+                neg_bases,
+                spec=spec,
+                by=by,
+                seed=seed,
+                threads=threads,
+                neg_views=neg_views,
+                log=log,
+                **cfg,
+            )
             hs = np.array(h["scores"])
-            metrics[f"non_oct_caught_holding_out_{by}"] = {"all": {"n": len(hs), "flagged": int((hs < threshold).sum()),
-                                                                   "rate": round(rates(hs, threshold), 4)},
-                                                           **{f"category:{k}": v for k, v in _by(neg_items, hs, "category", threshold).items()},
-                                                           **{f"source:{k}": v for k, v in _by(neg_items, hs, "source", threshold).items()}}
-            metrics[f"missed_holding_out_{by}"] = [f"{it.rel} ({v:.3f})" for it, v in zip(neg_items, hs) if v >= threshold]
+            metrics[f"non_oct_caught_holding_out_{by}"] = {
+                "all": {"n": len(hs), "flagged": int((hs < threshold).sum()), "rate": round(rates(hs, threshold), 4)},
+                **{f"category:{k}": v for k, v in _by(neg_items, hs, "category", threshold).items()},
+                **{f"source:{k}": v for k, v in _by(neg_items, hs, "source", threshold).items()},
+            }
+            metrics[f"missed_holding_out_{by}"] = [
+                f"{it.rel} ({v:.3f})" for it, v in zip(neg_items, hs) if v >= threshold
+            ]
             for half in ("cnn", "stats"):
                 hh = np.array(h[f"{half}_scores"])
                 metrics[f"non_oct_caught_holding_out_{by}_{half}_alone"] = {
-                    "all": round(rates(hh, threshold), 4), **{k: v["rate"] for k, v in _by(neg_items, hh, "category", threshold).items()}}
+                    "all": round(rates(hh, threshold), 4),
+                    **{k: v["rate"] for k, v in _by(neg_items, hh, "category", threshold).items()},
+                }
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics
 

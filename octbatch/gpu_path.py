@@ -44,8 +44,15 @@ def infer_device_batch(runner, batch, spec: Preprocessing, host_input: np.ndarra
     return probs, errors
 
 
-def verify_preprocessing(archive: str, *, model: str | None = None, limit: int = 512, batch_size: int = 64,
-                         device: str = "auto", threads: int = 0) -> dict:
+def verify_preprocessing(
+    archive: str,
+    *,
+    model: str | None = None,
+    limit: int = 512,
+    batch_size: int = 64,
+    device: str = "auto",
+    threads: int = 0,
+) -> dict:
     """Decode the first `limit` files of `archive` with the DALI decoder and with the CPU decoder and
     compare what the model would see: uint8 pixel differences (max, mean, 99.9th percentile) and the
     model's top-1 agreement and largest probability difference. device="auto" uses DALI mixed on a
@@ -76,11 +83,13 @@ def verify_preprocessing(archive: str, *, model: str | None = None, limit: int =
     diffs, cpu_probs, dali_probs, mismatched = [], [], [], []
     seconds = {"cpu": 0.0, "dali": 0.0}
     x = np.empty((batch_size, spec.channels, spec.height, spec.width), np.float32)
-    with CpuDecoder(spec, threads=threads, max_pixels=64_000_000) as cpu, \
-            DaliDecoder(spec, threads=threads, device=dev, batch_size=batch_size) as dali, \
-            make_runner("onnxruntime", info, threads=threads) as runner:
+    with (
+        CpuDecoder(spec, threads=threads, max_pixels=64_000_000) as cpu,
+        DaliDecoder(spec, threads=threads, device=dev, batch_size=batch_size) as dali,
+        make_runner("onnxruntime", info, threads=threads) as runner,
+    ):
         for i in range(0, len(entries), batch_size):
-            paths = [e.abspath for e in entries[i:i + batch_size]]
+            paths = [e.abspath for e in entries[i : i + batch_size]]
             t0 = time.perf_counter()
             a = cpu.decode_batch(paths)
             t1 = time.perf_counter()
@@ -98,18 +107,26 @@ def verify_preprocessing(archive: str, *, model: str | None = None, limit: int =
             dali_probs.append(runner.infer(normalize_into(x, ib, spec)).copy())
     compared = sum(len(p) for p in cpu_probs)
     result = {
-        "archive": archive, "model": info.path, "dali_device": dev, "files": len(entries), "compared": compared,
-        "status_mismatches": len(mismatched), "mismatched": mismatched[:20],
+        "archive": archive,
+        "model": info.path,
+        "dali_device": dev,
+        "files": len(entries),
+        "compared": compared,
+        "status_mismatches": len(mismatched),
+        "mismatched": mismatched[:20],
         "cpu_img_per_s": len(entries) / seconds["cpu"] if seconds["cpu"] else None,
         "dali_img_per_s": len(entries) / seconds["dali"] if seconds["dali"] else None,
     }
     if compared:
         d = np.concatenate(diffs)
         pa, pb = np.concatenate(cpu_probs), np.concatenate(dali_probs)
-        result.update({
-            "pixel_max_diff": int(d.max()), "pixel_mean_diff": float(d.mean()),
-            "pixel_p999_diff": float(np.percentile(d, 99.9)),
-            "top1_agreement": float((pa.argmax(1) == pb.argmax(1)).mean()),
-            "prob_max_diff": float(np.abs(pa - pb).max()),
-        })
+        result.update(
+            {
+                "pixel_max_diff": int(d.max()),
+                "pixel_mean_diff": float(d.mean()),
+                "pixel_p999_diff": float(np.percentile(d, 99.9)),
+                "top1_agreement": float((pa.argmax(1) == pb.argmax(1)).mean()),
+                "prob_max_diff": float(np.abs(pa - pb).max()),
+            }
+        )
     return result

@@ -27,16 +27,35 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
 
 from .errors import OctbatchError
 
-__all__ = ["is_url", "split_url", "parse_options", "configure", "discover_objects", "read_object", "fetch_then", "FETCH_THREADS"]
+__all__ = [
+    "is_url",
+    "split_url",
+    "parse_options",
+    "configure",
+    "discover_objects",
+    "read_object",
+    "fetch_then",
+    "FETCH_THREADS",
+]
 
 FETCH_THREADS = 32
-_CLIENT_OPTIONS = {"allow_http", "allow_invalid_certificates", "connect_timeout", "timeout", "proxy_url", "pool_idle_timeout",
-                   "pool_max_idle_per_host", "http1_only", "http2_only", "user_agent"}
+_CLIENT_OPTIONS = {
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "timeout",
+    "proxy_url",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "http1_only",
+    "http2_only",
+    "user_agent",
+}
 _options: dict[str, str] = {}
 _stores: dict = {}
 _lock = threading.Lock()
@@ -50,7 +69,7 @@ def is_url(path) -> bool:
 
 def split_url(url: str) -> tuple[str, str]:
     """'s3://bucket/some/prefix' -> ('bucket', 'some/prefix/'); the prefix is '' or ends with '/'."""
-    rest = url[len("s3://"):]
+    rest = url[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise OctbatchError(f"{url} names no bucket", "Give s3://BUCKET/PREFIX.")
@@ -64,7 +83,10 @@ def parse_options(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise OctbatchError(f"--storage-option {item!r} is not key=value", "Use e.g. --storage-option virtual_hosted_style_request=false.")
+            raise OctbatchError(
+                f"--storage-option {item!r} is not key=value",
+                "Use e.g. --storage-option virtual_hosted_style_request=false.",
+            )
         out[key.strip().lower()] = value.strip()
     return out
 
@@ -92,15 +114,19 @@ def _store(bucket: str):
 
     config = {k: v for k, v in _options.items() if k not in _CLIENT_OPTIONS}
     client = {k: v for k, v in _options.items() if k in _CLIENT_OPTIONS}
-    endpoint = config.get("endpoint") or config.get("aws_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+    endpoint = (
+        config.get("endpoint")
+        or config.get("aws_endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL", "")
+    )
     if endpoint.startswith("http://"):
         client.setdefault("allow_http", "true")  # a local or in-cluster server (MinIO, Ceph, moto) without TLS
     kwargs = {}
     if not os.environ.get("AWS_ACCESS_KEY_ID") and not any(k in config for k in ("access_key_id", "aws_access_key_id")):
         try:
-            from obstore.auth.boto3 import Boto3CredentialProvider
-
             import boto3
+            from obstore.auth.boto3 import Boto3CredentialProvider
 
             if boto3.Session().get_credentials() is not None:
                 kwargs["credential_provider"] = Boto3CredentialProvider()
@@ -109,8 +135,10 @@ def _store(bucket: str):
     try:
         store = S3Store(bucket, config=config or None, client_options=client or None, **kwargs)
     except Exception as exc:  # noqa: BLE001 - obstore raises its own types for bad configuration
-        raise OctbatchError(f"cannot set up S3 access to bucket {bucket}: {_brief(exc)}",
-                            "Check --storage-option keys and AWS_* variables (AWS_ENDPOINT_URL, AWS_REGION).") from None
+        raise OctbatchError(
+            f"cannot set up S3 access to bucket {bucket}: {_brief(exc)}",
+            "Check --storage-option keys and AWS_* variables (AWS_ENDPOINT_URL, AWS_REGION).",
+        ) from None
     with _lock:
         _stores[bucket] = store
     return store
@@ -131,12 +159,20 @@ def _listing_error(url: str, exc: BaseException) -> OctbatchError:
 
     text = str(exc)
     if "NoSuchBucket" in text or (isinstance(exc, (oe.NotFoundError, FileNotFoundError)) and "bucket" in text.lower()):
-        return OctbatchError(f"bucket of {url} does not exist", "Check the bucket name, AWS_ENDPOINT_URL and AWS_REGION.")
+        return OctbatchError(
+            f"bucket of {url} does not exist", "Check the bucket name, AWS_ENDPOINT_URL and AWS_REGION."
+        )
     if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or any(
-            s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden", "ExpiredToken")):
-        return OctbatchError(f"S3 refused to list {url} (credentials rejected or no permission: {_brief(exc)})",
-                             "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may s3:ListBucket and s3:GetObject.")
-    return OctbatchError(f"cannot list {url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network, then run again.")
+        s in text
+        for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden", "ExpiredToken")
+    ):
+        return OctbatchError(
+            f"S3 refused to list {url} (credentials rejected or no permission: {_brief(exc)})",
+            "Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may s3:ListBucket and s3:GetObject.",
+        )
+    return OctbatchError(
+        f"cannot list {url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network, then run again."
+    )
 
 
 def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=lambda rel: False) -> Iterator:
@@ -153,7 +189,7 @@ def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=la
         for chunk in stream:
             for m in chunk:
                 key = m["path"]
-                rel = key[len(prefix):]
+                rel = key[len(prefix) :]
                 if not rel or rel.endswith("/") or (exts and not rel.lower().endswith(exts)) or skip(rel):
                     continue
                 if include and not _matches(rel, include):
@@ -172,7 +208,7 @@ def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=la
 def _get(url: str) -> bytes:
     import obstore
 
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     return bytes(obstore.get(_store(bucket), key).bytes())
 
 

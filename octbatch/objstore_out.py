@@ -38,7 +38,7 @@ __all__ = ["write_part_object", "RemoteOut"]
 
 
 def _split_key(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket or not key or key.endswith("/"):
         raise OctbatchError(f"--out {url} names no object", "Give s3://BUCKET/PATH/results.parquet.")
     return bucket, key
@@ -71,8 +71,10 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
     except OctbatchError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise OctbatchError(f"cannot write {parts_url}{name}: {_brief(exc)}",
-                            "Check that the credentials may s3:PutObject and s3:DeleteObject there; committed shards are kept.") from None
+        raise OctbatchError(
+            f"cannot write {parts_url}{name}: {_brief(exc)}",
+            "Check that the credentials may s3:PutObject and s3:DeleteObject there; committed shards are kept.",
+        ) from None
     return f"s3://{bucket}/{prefix}{name}"
 
 
@@ -102,11 +104,18 @@ class RemoteOut:
 
             text = str(exc)
             if "NoSuchBucket" in text:
-                raise OctbatchError(f"bucket of {self.url} does not exist", "Create it first, or check the name, AWS_ENDPOINT_URL and AWS_REGION.") from None
+                raise OctbatchError(
+                    f"bucket of {self.url} does not exist",
+                    "Create it first, or check the name, AWS_ENDPOINT_URL and AWS_REGION.",
+                ) from None
             if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or "403" in text:
-                raise OctbatchError(f"S3 refused to {what} {self.url} (credentials rejected or no permission: {_brief(exc)})",
-                                    "Check the AWS_* credentials and that they may read, write and delete under that prefix.") from None
-            raise OctbatchError(f"cannot {what} {self.url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network.") from None
+                raise OctbatchError(
+                    f"S3 refused to {what} {self.url} (credentials rejected or no permission: {_brief(exc)})",
+                    "Check the AWS_* credentials and that they may read, write and delete under that prefix.",
+                ) from None
+            raise OctbatchError(
+                f"cannot {what} {self.url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network."
+            ) from None
 
     def stage(self, overwrite: bool) -> str:
         """Fetch the previous table, run.json and the committed parts; returns the local out path."""
@@ -156,12 +165,12 @@ class RemoteOut:
         have = {c for c, _ in self._merged}
         n = 0
         for key in keys:
-            name = key[len(self.parts_prefix):]
+            name = key[len(self.parts_prefix) :]
             if not (name.startswith("commit-") and name.endswith(".json")) or key in have:
                 continue
             commit = self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))
             part_key = self.parts_prefix + commit["part"]
-            shard = name[len("commit-"):-len(".json")]
+            shard = name[len("commit-") : -len(".json")]
             dest = os.path.join(self.local_out + ".parts", f"part-{shard}.parquet")
             data = self._call("read", lambda k=part_key: bytes(obstore.get(self._store(), k).bytes()))
             with open(dest + ".tmp-dl", "wb") as f:
@@ -196,11 +205,14 @@ class RemoteOut:
         keys = self._call("list", self._list)
         named = set()
         for key in keys:
-            name = key[len(self.parts_prefix):]
+            name = key[len(self.parts_prefix) :]
             if name.startswith("commit-") and name.endswith(".json"):  # committed after our last pull
-                named.add(self.parts_prefix + self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))["part"])
+                named.add(
+                    self.parts_prefix
+                    + self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))["part"]
+                )
         for key in keys:
-            if key[len(self.parts_prefix):].startswith("part-") and key not in named:
+            if key[len(self.parts_prefix) :].startswith("part-") and key not in named:
                 self._call("clean up", obstore.delete, self._store(), key)
 
     def _delete_prefix(self) -> None:

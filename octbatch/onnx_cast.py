@@ -81,8 +81,10 @@ def cast_model(src: str | os.PathLike, dst: str | os.PathLike, precision: str) -
     try:
         converted = f16.convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:  # noqa: BLE001 - the converter's own errors
-        raise OctbatchError(f"could not convert {src} to fp16 ({type(exc).__name__}: {str(exc)[:200]})",
-                            "Build an fp32 engine (--precision fp32), or convert the model yourself (e.g. NVIDIA ModelOpt AutoCast).") from None
+        raise OctbatchError(
+            f"could not convert {src} to fp16 ({type(exc).__name__}: {str(exc)[:200]})",
+            "Build an fp32 engine (--precision fp32), or convert the model yourself (e.g. NVIDIA ModelOpt AutoCast).",
+        ) from None
     if precision == "bf16":
         _retype_fp16_as_bf16(onnx, converted, originals)
     onnx.save(converted, os.fspath(dst))
@@ -98,5 +100,8 @@ def float_types(path: str | os.PathLike) -> dict:
     for t in m.graph.initializer:
         if t.data_type in names:
             counts[names[t.data_type]] = counts.get(names[t.data_type], 0) + 1
-    io = {vi.name: names.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type)) for vi in list(m.graph.input) + list(m.graph.output)}
+    io = {
+        vi.name: names.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type))
+        for vi in list(m.graph.input) + list(m.graph.output)
+    }
     return {"initializers": counts, "io": io}

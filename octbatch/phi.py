@@ -64,8 +64,11 @@ class Pseudonymizer:
             "patient_id": "hmac-sha256 of the DICOM Patient ID (hex)",
             "key_source": self.key_source,
             "key_fingerprint": self.fingerprint,
-            "note": ("random key made for this table, kept in <out>.parts/phi.key; other tables get other pseudonyms"
-                     if self.key_source == "random-per-table" else "same key -> same pseudonyms across tables"),
+            "note": (
+                "random key made for this table, kept in <out>.parts/phi.key; other tables get other pseudonyms"
+                if self.key_source == "random-per-table"
+                else "same key -> same pseudonyms across tables"
+            ),
         }
 
 
@@ -74,9 +77,13 @@ def _read_key_file(path: str) -> bytes:
         with open(path, "rb") as f:
             key = f.read().strip()
     except FileNotFoundError:
-        raise OctbatchError(f"PHI key file {path} does not exist", "Check --phi-key-file, or leave it out for a random key per table.") from None
+        raise OctbatchError(
+            f"PHI key file {path} does not exist", "Check --phi-key-file, or leave it out for a random key per table."
+        ) from None
     except OSError as exc:
-        raise OctbatchError(f"cannot read PHI key file {path}: {exc.strerror or exc}", "Make it readable by this user.") from None
+        raise OctbatchError(
+            f"cannot read PHI key file {path}: {exc.strerror or exc}", "Make it readable by this user."
+        ) from None
     return key
 
 
@@ -117,15 +124,18 @@ def _table_key(work_dir: str) -> bytes:
         try:
             key = bytes.fromhex(text.decode("ascii").strip())
         except (ValueError, UnicodeDecodeError):
-            raise OctbatchError(f"the table's PHI key {path} is damaged",
-                                "Delete it (new pseudonyms: also pass --overwrite) or give --phi-key-file.") from None
+            raise OctbatchError(
+                f"the table's PHI key {path} is damaged",
+                "Delete it (new pseudonyms: also pass --overwrite) or give --phi-key-file.",
+            ) from None
     finally:
         os.unlink(tmp)
     return key
 
 
-def resolve_pseudonymizer(mode: str = "pseudonymise", *, key_file: str | None = None, work_dir: str | None = None,
-                          environ: dict | None = None) -> Pseudonymizer:
+def resolve_pseudonymizer(
+    mode: str = "pseudonymise", *, key_file: str | None = None, work_dir: str | None = None, environ: dict | None = None
+) -> Pseudonymizer:
     """The pseudonymizer of one run. `work_dir` is the output's work folder (for a random key)."""
     env = os.environ if environ is None else environ
     if mode not in PHI_MODES:

@@ -13,8 +13,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,12 +24,12 @@ from . import __version__
 from .archive import FileEntry, discover
 from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
-from .phi import resolve_pseudonymizer
+from .frames import discovery_filters, entry_row_key, expand, row_key
 from .objstore import configure as configure_storage
 from .objstore import is_url, parse_options
+from .phi import resolve_pseudonymizer
 from .results import atomic_write_parquet, file_metadata, make_schema, read_metadata
 from .shards import RunLock, WorkDir, in_slice, make_shards, parse_slice
-from .frames import discovery_filters, entry_row_key, expand, row_key
 
 if TYPE_CHECKING:
     from .worker import WorkerConfig
@@ -129,9 +130,13 @@ def _check_out(out: str) -> None:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise OctbatchError(f"cannot create the output folder {parent}: {exc.strerror}", "Choose a writable --out location.") from None
+        raise OctbatchError(
+            f"cannot create the output folder {parent}: {exc.strerror}", "Choose a writable --out location."
+        ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OctbatchError(f"output folder {parent} is not writable", "Choose a writable --out location or fix its permissions.")
+        raise OctbatchError(
+            f"output folder {parent} is not writable", "Choose a writable --out location or fix its permissions."
+        )
 
 
 def _keys_of(path: str, with_status: bool = True) -> Iterator[tuple[int, str]]:
@@ -153,7 +158,9 @@ def _resolve_runtime(cfg: RunConfig):
     """(worker config, model info, backend, engine path) after engine checks."""
     from .model import load_model_info
 
-    overrides = {k: v for k, v in dict(classes=cfg.classes, input_size=cfg.input_size, mean=cfg.mean, std=cfg.std).items() if v}
+    overrides = {
+        k: v for k, v in dict(classes=cfg.classes, input_size=cfg.input_size, mean=cfg.mean, std=cfg.std).items() if v
+    }
     backend = cfg.backend
     engine_path = None
     precision = None
@@ -166,7 +173,10 @@ def _resolve_runtime(cfg: RunConfig):
     elif backend == "auto":
         backend = "onnxruntime"
     elif backend == "tensorrt":
-        raise OctbatchError("--backend tensorrt needs a built engine", "Run octbatch build-engine MODEL.onnx --backend tensorrt, then octbatch run --engine PATH.")
+        raise OctbatchError(
+            "--backend tensorrt needs a built engine",
+            "Run octbatch build-engine MODEL.onnx --backend tensorrt, then octbatch run --engine PATH.",
+        )
     model = load_model_info(model_path, **overrides)
     return model, overrides, backend, engine_path, precision
 
@@ -182,26 +192,47 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
     remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
     if is_url(cfg.out):
         if sl is not None:
-            raise OctbatchError("--shard with an s3:// --out is not supported yet", "Run the slices with a shared-file-system --out, or run once without --shard.")
+            raise OctbatchError(
+                "--shard with an s3:// --out is not supported yet",
+                "Run the slices with a shared-file-system --out, or run once without --shard.",
+            )
         from .objstore_out import RemoteOut
 
         remote = RemoteOut(cfg.out)
         out = remote.stage(cfg.overwrite)
     elif "://" in cfg.out:
-        raise OctbatchError(f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path.")
+        raise OctbatchError(
+            f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path."
+        )
     else:
         out = os.path.abspath(cfg.out)
     _check_paths(archive, out)
     model, overrides, backend, engine_path, precision = _resolve_runtime(cfg)
     run_id = uuid.uuid4().hex[:16]
-    summary = RunSummary(out=out, archive=archive, run_id=run_id, model=model.path, model_sha256=model.sha256,
-                         backend=backend, executor=cfg.executor, slice=cfg.shard)
+    summary = RunSummary(
+        out=out,
+        archive=archive,
+        run_id=run_id,
+        model=model.path,
+        model_sha256=model.sha256,
+        backend=backend,
+        executor=cfg.executor,
+        slice=cfg.shard,
+    )
     settings = model.settings_key
     gate_settings, gate_desc = _resolve_gate(cfg)
     summary.gate = cfg.gate
-    state = {"settings": settings, "archive": archive, "include": list(cfg.include), "exclude": list(cfg.exclude), "limit": cfg.limit,
-             "formats": list(cfg.formats), "max_volume_pixels": cfg.max_volume_pixels, "max_pixels": cfg.max_pixels,
-             "gate": gate_desc}
+    state = {
+        "settings": settings,
+        "archive": archive,
+        "include": list(cfg.include),
+        "exclude": list(cfg.exclude),
+        "limit": cfg.limit,
+        "formats": list(cfg.formats),
+        "max_volume_pixels": cfg.max_volume_pixels,
+        "max_pixels": cfg.max_pixels,
+        "gate": gate_desc,
+    }
     rule = _volume_rule(cfg, model) if cfg.volumes else None
 
     with RunLock(out, shared=sl is not None, slice_=sl):
@@ -219,9 +250,20 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             except Exception:  # noqa: BLE001 - not Parquet at all
                 md = {}
             if not md:
-                raise OctbatchError(f"output {out} exists and is not an octbatch result", "Pass --overwrite to replace it, or choose another --out.")
-            _check_same({"settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")}, "archive": md.get("archive_root"),
-                         "gate": md.get("gate")}, state, out, what=out)
+                raise OctbatchError(
+                    f"output {out} exists and is not an octbatch result",
+                    "Pass --overwrite to replace it, or choose another --out.",
+                )
+            _check_same(
+                {
+                    "settings": {k: md.get(k) for k in ("model_sha256", "classes", "preprocessing")},
+                    "archive": md.get("archive_root"),
+                    "gate": md.get("gate"),
+                },
+                state,
+                out,
+                what=out,
+            )
         wd.write_settings(state)
         pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
         if use_previous:
@@ -242,7 +284,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
         committed -= retry
 
         threads = cfg.threads or default_threads()
-        wcfg = _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=pseudo.metadata())
+        wcfg = _worker_config(
+            cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=pseudo.metadata()
+        )
         if storage_options:
             wcfg = replace(wcfg, storage_options=storage_options)
         wcfg = replace(wcfg, gate=gate_settings, file_metadata={**wcfg.file_metadata, "gate": gate_desc})
@@ -277,7 +321,12 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
 
         t_proc = time.perf_counter()
         executor = _make_executor(cfg)
-        result = executor.run(make_shards(entries(), cfg.shard_size), wcfg, remote.parts_url if remote else wd.path, on_progress=on_progress)
+        result = executor.run(
+            make_shards(entries(), cfg.shard_size),
+            wcfg,
+            remote.parts_url if remote else wd.path,
+            on_progress=on_progress,
+        )
         if remote:
             remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
         rep.finish()
@@ -300,20 +349,43 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             # Files of a shard that failed every attempt still get rows (status=failed), so the table
             # has no gaps; `failed` rows are retried automatically by the next run.
             _write_failed_parts(result.failures, wcfg, model, wd.path)
-            summary.failed_shards = [{"shard": f.shard.id, "files": len(f.shard), "attempts": f.attempts, "error": f.error.splitlines()[0]} for f in result.failures]
+            summary.failed_shards = [
+                {"shard": f.shard.id, "files": len(f.shard), "attempts": f.attempts, "error": f.error.splitlines()[0]}
+                for f in result.failures
+            ]
             summary.failed_files = sum(len(f.shard) for f in result.failures)
 
         if sl is not None:
-            marker = {"slice": cfg.shard, "files": summary.processed, "failed_files": summary.failed_files, "run_id": run_id,
-                      "finished_at": time.time(), "settings": settings}
+            marker = {
+                "slice": cfg.shard,
+                "files": summary.processed,
+                "failed_files": summary.failed_files,
+                "run_id": run_id,
+                "finished_at": time.time(),
+                "settings": settings,
+            }
             tmp = wd.slice_marker(*sl) + ".tmp-" + run_id
             with open(tmp, "w") as f:
                 json.dump(marker, f)
             os.replace(tmp, wd.slice_marker(*sl))
         else:
-            unchanged = summary.processed == 0 and not result.failures and not retry and counts["skipped"] == counts["discovered"]
-            summary.rows, summary.dropped_deleted = _merge_into(out, use_previous, wd, discovered, model, archive, rep,
-                                                                extra={"run_id": run_id, "phi": pseudo.metadata(), "gate": gate_desc}, unchanged=unchanged)
+            unchanged = (
+                summary.processed == 0
+                and not result.failures
+                and not retry
+                and counts["skipped"] == counts["discovered"]
+            )
+            summary.rows, summary.dropped_deleted = _merge_into(
+                out,
+                use_previous,
+                wd,
+                discovered,
+                model,
+                archive,
+                rep,
+                extra={"run_id": run_id, "phi": pseudo.metadata(), "gate": gate_desc},
+                unchanged=unchanged,
+            )
             summary.merged = True
             wd.clear_slice_markers()  # any finished slices are in `out` now
             if cfg.volumes:
@@ -374,7 +446,9 @@ def _check_same(prev: dict, now: dict, out: str, *, what: str) -> None:
         )
 
 
-def _worker_config(cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=None) -> WorkerConfig:
+def _worker_config(
+    cfg, model, overrides, backend, engine_path, precision, threads, run_id, archive, phi=None
+) -> WorkerConfig:
     from .worker import WorkerConfig
 
     return WorkerConfig(
@@ -391,7 +465,9 @@ def _worker_config(cfg, model, overrides, backend, engine_path, precision, threa
         infer_threads=threads,
         max_pixels=cfg.max_pixels,
         run_id=run_id,
-        file_metadata=file_metadata(model, archive_root=archive, version=__version__, extra={"phi": phi} if phi else None),
+        file_metadata=file_metadata(
+            model, archive_root=archive, version=__version__, extra={"phi": phi} if phi else None
+        ),
         fault_hook=cfg.fault_hook,
     )
 
@@ -400,18 +476,35 @@ def _make_executor(cfg: RunConfig):
     from .executors import make_executor
 
     if cfg.executor == "ray":
-        return make_executor("ray", address=cfg.ray_address, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
-                             max_shard_retries=cfg.max_shard_retries)
+        return make_executor(
+            "ray",
+            address=cfg.ray_address,
+            workers=cfg.workers,
+            gpus_per_worker=cfg.gpus_per_worker,
+            max_shard_retries=cfg.max_shard_retries,
+        )
     return make_executor(cfg.executor, max_shard_retries=cfg.max_shard_retries)
 
 
-def _discover(archive: str, cfg, wd: WorkDir, pseudo, *, include=None, exclude=None, formats=None, max_volume_pixels=None):
+def _discover(
+    archive: str, cfg, wd: WorkDir, pseudo, *, include=None, exclude=None, formats=None, max_volume_pixels=None
+):
     """The run's entries: files (octbatch.archive) with volumes expanded into frames (octbatch.frames)."""
     exts, sniff = discovery_filters(cfg.formats if formats is None else formats)
-    files = discover(archive, include=cfg.include if include is None else include, exclude=cfg.exclude if exclude is None else exclude,
-                     skip_dirs=[wd.path], extensions=exts, sniff=sniff)
-    return expand(files, pseudonymize=pseudo, max_pixels=cfg.max_pixels,
-                  max_volume_pixels=cfg.max_volume_pixels if max_volume_pixels is None else max_volume_pixels)
+    files = discover(
+        archive,
+        include=cfg.include if include is None else include,
+        exclude=cfg.exclude if exclude is None else exclude,
+        skip_dirs=[wd.path],
+        extensions=exts,
+        sniff=sniff,
+    )
+    return expand(
+        files,
+        pseudonymize=pseudo,
+        max_pixels=cfg.max_pixels,
+        max_volume_pixels=cfg.max_volume_pixels if max_volume_pixels is None else max_volume_pixels,
+    )
 
 
 def _check_phi(md: dict, pseudo, out: str) -> None:
@@ -420,8 +513,9 @@ def _check_phi(md: dict, pseudo, out: str) -> None:
     if not prev:
         return
     now = pseudo.metadata()
-    if (prev.get("patient_id", "").startswith("kept")) != (now.get("patient_id", "").startswith("kept")) or \
-            prev.get("key_fingerprint") != now.get("key_fingerprint"):
+    if (prev.get("patient_id", "").startswith("kept")) != (now.get("patient_id", "").startswith("kept")) or prev.get(
+        "key_fingerprint"
+    ) != now.get("key_fingerprint"):
         raise OctbatchError(
             f"output {out} was written with other patient-ID settings (--phi / key fingerprint "
             f"{prev.get('key_fingerprint')} vs {now.get('key_fingerprint')})",
@@ -432,7 +526,9 @@ def _check_phi(md: dict, pseudo, out: str) -> None:
 def _volume_rule(cfg, model):
     from .volumes import VolumeRule
 
-    return VolumeRule.from_options(model.classes, referral=cfg.referral, min_frames=cfg.volume_min_frames, min_prob=cfg.volume_min_prob)
+    return VolumeRule.from_options(
+        model.classes, referral=cfg.referral, min_frames=cfg.volume_min_frames, min_prob=cfg.volume_min_prob
+    )
 
 
 def _count_in_background(archive, cfg, wd, committed, sl, rep, pseudo=None) -> None:
@@ -466,15 +562,37 @@ def _write_failed_parts(failures, wcfg, model, parts_dir: str) -> None:
     for f in failures:
         rows = ShardRows(model.classes)
         msg = f"worker failed on this shard {f.attempts} times: {f.error.splitlines()[0][:400]}"
-        rows.add(f.shard.entries, np.zeros((len(f.shard), len(model.classes)), np.float32), [None] * len(f.shard),
-                 [msg] * len(f.shard), int(time.time() * 1e6))
+        rows.add(
+            f.shard.entries,
+            np.zeros((len(f.shard), len(model.classes)), np.float32),
+            [None] * len(f.shard),
+            [msg] * len(f.shard),
+            int(time.time() * 1e6),
+        )
         rows.cols["status"] = ["failed"] * len(f.shard)
-        table = rows_to_table(rows, schema, model_sha256=model.sha256, backend=wcfg.backend, precision="", decoder=wcfg.decoder, run_id=wcfg.run_id)
+        table = rows_to_table(
+            rows,
+            schema,
+            model_sha256=model.sha256,
+            backend=wcfg.backend,
+            precision="",
+            decoder=wcfg.decoder,
+            run_id=wcfg.run_id,
+        )
         write_part(table, parts_dir, f.shard.id)
 
 
-def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int], model, archive: str, rep, extra: dict,
-                unchanged: bool = False) -> tuple[int, int]:
+def _merge_into(
+    out: str,
+    use_previous: bool,
+    wd: WorkDir,
+    discovered: set[int],
+    model,
+    archive: str,
+    rep,
+    extra: dict,
+    unchanged: bool = False,
+) -> tuple[int, int]:
     """Stream the previous result and the parts into a new out file; keep each discovered file once.
 
     Rows from parts win over rows of the previous result (they are newer). Returns (rows, dropped).
@@ -488,8 +606,15 @@ def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int],
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=65536):
             t = _conform(pa.Table.from_batches([batch]), schema)
-            keys = [row_key(p, fr, s, m) for p, fr, s, m in zip(t.column("path").to_pylist(), t.column("frame").to_pylist(),
-                                                                t.column("bytes").to_pylist(), t.column("mtime").cast(pa.int64()).to_pylist())]
+            keys = [
+                row_key(p, fr, s, m)
+                for p, fr, s, m in zip(
+                    t.column("path").to_pylist(),
+                    t.column("frame").to_pylist(),
+                    t.column("bytes").to_pylist(),
+                    t.column("mtime").cast(pa.int64()).to_pylist(),
+                )
+            ]
             mask = []
             for k in keys:
                 keep = k in discovered and k not in seen
@@ -529,7 +654,9 @@ def _merge_into(out: str, use_previous: bool, wd: WorkDir, discovered: set[int],
     return rows, dropped[0]
 
 
-def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = None, allow_missing: bool = False) -> RunSummary:
+def merge(
+    out: str, *, archive: str | None = None, reporter: Reporter | None = None, allow_missing: bool = False
+) -> RunSummary:
     """Assemble the parts of `--shard i/N` runs (and any previous result) into one table.
 
     Refuses when a slice of the N is missing, or when a discovered file has no row, unless
@@ -541,13 +668,18 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
     wd = WorkDir(out)
     state = wd.read_settings()
     if state is None:
-        raise OctbatchError(f"no octbatch work folder at {wd.path}", "Run octbatch run ... --out OUT --shard i/N first (same --out).")
+        raise OctbatchError(
+            f"no octbatch work folder at {wd.path}", "Run octbatch run ... --out OUT --shard i/N first (same --out)."
+        )
     archive = archive or state.get("archive") or ""
     archive = archive.rstrip("/") if is_url(archive) else os.path.abspath(archive)
     done = wd.slices_done()
     ns = {n for (_, n) in done}
     if len(ns) > 1:
-        raise OctbatchError(f"slices of different counts were run: {sorted(ns)}", "Use one N for every --shard i/N of a job, or --overwrite and rerun.")
+        raise OctbatchError(
+            f"slices of different counts were run: {sorted(ns)}",
+            "Use one N for every --shard i/N of a job, or --overwrite and rerun.",
+        )
     missing = []
     if ns:
         n = ns.pop()
@@ -563,9 +695,18 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         from .frames import DEFAULT_MAX_VOLUME_PIXELS
 
         mv = state.get("max_volume_pixels") or DEFAULT_MAX_VOLUME_PIXELS
-        cfg = RunConfig(archive=archive, out=out, max_volume_pixels=mv, max_pixels=state.get("max_pixels") or 64_000_000)
-        for e in _discover(archive, cfg, wd, lambda pid: None, include=state.get("include") or (), exclude=state.get("exclude") or (),
-                           formats=state.get("formats") or ()):
+        cfg = RunConfig(
+            archive=archive, out=out, max_volume_pixels=mv, max_pixels=state.get("max_pixels") or 64_000_000
+        )
+        for e in _discover(
+            archive,
+            cfg,
+            wd,
+            lambda pid: None,
+            include=state.get("include") or (),
+            exclude=state.get("exclude") or (),
+            formats=state.get("formats") or (),
+        ):
             if state.get("limit") is not None and len(discovered) >= state["limit"]:
                 break
             discovered.add(entry_row_key(e))
@@ -583,12 +724,24 @@ def merge(out: str, *, archive: str | None = None, reporter: Reporter | None = N
         # The model is needed only for the schema: read it from the parts' own metadata.
         md = read_metadata((wd.parts() or [out])[0])
         model = _SchemaModel(md)
-        extra = {"merged_slices": len(done), **({"phi": md["phi"]} if md.get("phi") else {}),
-                 **({"gate": md["gate"]} if md.get("gate") else {})}
+        extra = {
+            "merged_slices": len(done),
+            **({"phi": md["phi"]} if md.get("phi") else {}),
+            **({"gate": md["gate"]} if md.get("gate") else {}),
+        }
         rows, dropped = _merge_into(out, use_previous, wd, discovered, model, archive, rep, extra=extra)
         wd.clear_slice_markers()
-    s = RunSummary(out=out, archive=archive, run_id="merge", discovered=len(discovered), rows=rows, merged=True,
-                   dropped_deleted=dropped, seconds=time.perf_counter() - t0, model_sha256=model.sha256)
+    s = RunSummary(
+        out=out,
+        archive=archive,
+        run_id="merge",
+        discovered=len(discovered),
+        rows=rows,
+        merged=True,
+        dropped_deleted=dropped,
+        seconds=time.perf_counter() - t0,
+        model_sha256=model.sha256,
+    )
     s.failed_files = gaps
     return s
 

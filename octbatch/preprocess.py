@@ -48,13 +48,17 @@ class Preprocessing:
         if h < 8 or w < 8 or h > 4096 or w > 4096:
             raise OctbatchError(f"input size {w}x{h} is out of range", "Use a size between 8 and 4096 pixels.")
         if self.channels not in (1, 3):
-            raise OctbatchError(f"{self.channels} input channels are not supported", "Models must take 1 or 3 channels.")
+            raise OctbatchError(
+                f"{self.channels} input channels are not supported", "Models must take 1 or 3 channels."
+            )
         if self.resize not in RESIZE_RULES:
             raise OctbatchError(f"unknown resize rule {self.resize!r}", f"Use one of {', '.join(RESIZE_RULES)}.")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if len(v) not in (1, self.channels):
-                raise OctbatchError(f"{name} has {len(v)} values for {self.channels} channels", "Give one value or one per channel.")
+                raise OctbatchError(
+                    f"{name} has {len(v)} values for {self.channels} channels", "Give one value or one per channel."
+                )
         if any(s <= 0 for s in self.std):
             raise OctbatchError("std must be positive", "Fix the model metadata or --std.")
 
@@ -75,7 +79,7 @@ class Preprocessing:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocessing":
+    def from_json(cls, text: str) -> Preprocessing:
         try:
             d = json.loads(text)
             return cls(
@@ -90,7 +94,10 @@ class Preprocessing:
         except OctbatchError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
-            raise OctbatchError(f"invalid preprocessing metadata {text[:200]!r}: {exc}", "Re-export the model with octbatch train, or pass --input-size/--mean/--std.") from exc
+            raise OctbatchError(
+                f"invalid preprocessing metadata {text[:200]!r}: {exc}",
+                "Re-export the model with octbatch train, or pass --input-size/--mean/--std.",
+            ) from exc
 
     def channel_affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, offset) per channel so that x = u8 * scale + offset == (u8/255 - mean)/std."""

@@ -13,7 +13,14 @@ class RichReporter:
     wants_total = True
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = console
         self._errors = 0
@@ -86,7 +93,11 @@ class LineReporter:
             self._last = now
             rate = self.files / max(now - self._t0, 1e-9)
             eta = f", ETA {(self.total - self.files) / rate:.0f} s" if self.total and rate > 0 else ""
-            print(f"octbatch: {self.files}/{self.total or '?'} files, {rate:,.0f} files/s, {self.errors} errors{eta}", file=self.stream, flush=True)
+            print(
+                f"octbatch: {self.files}/{self.total or '?'} files, {rate:,.0f} files/s, {self.errors} errors{eta}",
+                file=self.stream,
+                flush=True,
+            )
 
     def log(self, msg):
         print(f"octbatch: {msg}", file=self.stream, flush=True)

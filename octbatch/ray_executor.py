@@ -86,7 +86,10 @@ def unpack_shard(packed: tuple):
     shard_id, root, blob = packed
     paths, sizes, mtimes, odd, *more = pickle.loads(zlib.decompress(blob))
     frames = more[0] if more else {}
-    entries = [frames.get(i) or FileEntry(p, odd.get(i) or root + p, sz, mt) for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))]
+    entries = [
+        frames.get(i) or FileEntry(p, odd.get(i) or root + p, sz, mt)
+        for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))
+    ]
     return Shard(shard_id, entries)
 
 
@@ -108,7 +111,9 @@ def plan_workers(cluster: dict, nodes: list[dict], *, workers: int | None, gpus_
     total_gpus = float(cluster.get("GPU", 0))
     gpw = (1.0 if total_gpus else 0.0) if gpus_per_worker < 0 else float(gpus_per_worker)
     if workers is not None and workers < 1:
-        raise OctbatchError(f"--workers {workers} must be at least 1", "Leave it out for one worker per GPU (or per 2 CPUs).")
+        raise OctbatchError(
+            f"--workers {workers} must be at least 1", "Leave it out for one worker per GPU (or per 2 CPUs)."
+        )
     if gpw > 0:
         if not total_gpus:
             raise OctbatchError(
@@ -219,7 +224,12 @@ class RayExecutor(Executor):
             # is joined on loopback too; any other address as Ray resolves it.
             with _loopback() if _is_loopback(self.address) else contextlib.nullcontext():
                 ray.init(address=self.address, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # RayError: AuthenticationError
+        except (
+            ConnectionError,
+            RuntimeError,
+            ValueError,
+            ray.exceptions.RayError,
+        ) as exc:  # RayError: AuthenticationError
             raise OctbatchError(
                 f"cannot join the Ray cluster at {self.address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                 "Check --ray-address (auto on a cluster node, ray://HEAD:10001 from outside) and that `ray status` works there; "
@@ -238,15 +248,31 @@ class RayExecutor(Executor):
         t0 = time.perf_counter()
         ray, started = self._connect()
         res = ExecutorResult()
-        st = self.stats = {"init_seconds": time.perf_counter() - t0, "shards": 0, "driver_busy_seconds": 0.0,
-                           "deaths": 0, "retries": 0, "actors_started": 0}
+        st = self.stats = {
+            "init_seconds": time.perf_counter() - t0,
+            "shards": 0,
+            "driver_busy_seconds": 0.0,
+            "deaths": 0,
+            "retries": 0,
+            "actors_started": 0,
+        }
         try:
-            self.plan = plan_workers(ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")],
-                                     workers=self.workers, gpus_per_worker=self.gpus_per_worker)
+            self.plan = plan_workers(
+                ray.cluster_resources(),
+                [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                workers=self.workers,
+                gpus_per_worker=self.gpus_per_worker,
+            )
             st["plan"] = dataclasses.asdict(self.plan)
-            wcfg = dataclasses.replace(cfg, decode_threads=self.plan.cpus_per_worker, infer_threads=self.plan.cpus_per_worker)
+            wcfg = dataclasses.replace(
+                cfg, decode_threads=self.plan.cpus_per_worker, infer_threads=self.plan.cpus_per_worker
+            )
             remote_cls = ray.remote(self._actor_class).options(
-                num_cpus=self.plan.cpus_per_worker, num_gpus=self.plan.gpus_per_worker, max_restarts=0, max_task_retries=0)
+                num_cpus=self.plan.cpus_per_worker,
+                num_gpus=self.plan.gpus_per_worker,
+                max_restarts=0,
+                max_task_retries=0,
+            )
             self._loop(ray, remote_cls, iter(shards), wcfg, parts_dir, res, t0, on_progress, on_shard)
         finally:
             for slot in self._slots:
@@ -363,7 +389,11 @@ class RayExecutor(Executor):
                     "Lower --workers or --gpus-per-worker, or add nodes; OCTBATCH_RAY_STARTUP_TIMEOUT sets the wait.",
                 )
             # Collect whatever else has finished too, without blocking.
-            more, _ = ray.wait([r for r in inflight if r not in done], num_returns=len(inflight) - len(done), timeout=0) if len(inflight) > 1 else ([], [])
+            more, _ = (
+                ray.wait([r for r in inflight if r not in done], num_returns=len(inflight) - len(done), timeout=0)
+                if len(inflight) > 1
+                else ([], [])
+            )
             for ref in list(done) + list(more):
                 if ref not in inflight:
                     continue  # dropped when its actor was replaced
@@ -390,8 +420,10 @@ class RayExecutor(Executor):
                         retry.appendleft(job)
                     continue
                 except ActorUnschedulableError as exc:
-                    raise OctbatchError(f"Ray cannot place an octbatch worker: {_first_line(exc)}",
-                                        "Lower --gpus-per-worker or --workers to fit the cluster (`ray status`).") from None
+                    raise OctbatchError(
+                        f"Ray cannot place an octbatch worker: {_first_line(exc)}",
+                        "Lower --gpus-per-worker or --workers to fit the cluster (`ray status`).",
+                    ) from None
                 except (RayActorError, GetTimeoutError, RayError) as exc:
                     replace(slot, f"{type(exc).__name__}: {_first_line(exc)}")  # the process or its node is gone
                     continue

@@ -6,8 +6,8 @@ import errno
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -78,9 +78,24 @@ class ShardRows:
 
     def __init__(self, classes: Sequence[str]):
         self.classes = list(classes)
-        self.cols: dict[str, list] = {k: [] for k in (
-            "path", "bytes", "mtime", "label", "patient_id", "image_no", "status", "error", "width", "height", "processed_at",
-            "oct_score", "gate_reason")}
+        self.cols: dict[str, list] = {
+            k: []
+            for k in (
+                "path",
+                "bytes",
+                "mtime",
+                "label",
+                "patient_id",
+                "image_no",
+                "status",
+                "error",
+                "width",
+                "height",
+                "processed_at",
+                "oct_score",
+                "gate_reason",
+            )
+        }
         self.probs: list[np.ndarray] = []
         self.provenance: list[tuple] = []
 
@@ -116,7 +131,9 @@ class ShardRows:
         return len(self.cols["path"])
 
 
-def rows_to_table(rows: ShardRows, schema: pa.Schema, *, model_sha256: str, backend: str, precision: str, decoder: str, run_id: str) -> pa.Table:
+def rows_to_table(
+    rows: ShardRows, schema: pa.Schema, *, model_sha256: str, backend: str, precision: str, decoder: str, run_id: str
+) -> pa.Table:
     n = len(rows)
     k = len(rows.classes)
     probs = np.concatenate(rows.probs, axis=0) if rows.probs else np.zeros((0, k), np.float32)
@@ -142,20 +159,22 @@ def rows_to_table(rows: ShardRows, schema: pa.Schema, *, model_sha256: str, back
     def const(v):
         return pa.array([v] * n, pa.string())
 
-    arrays.update({
-        "status": pa.array(rows.cols["status"], pa.string()),
-        "error": pa.array(rows.cols["error"], pa.string()),
-        "width": pa.array(rows.cols["width"], pa.int32()),
-        "height": pa.array(rows.cols["height"], pa.int32()),
-        "model_sha256": const(model_sha256),
-        "backend": const(backend),
-        "precision": const(precision),
-        "decoder": const(decoder),
-        "run_id": const(run_id),
-        "processed_at": pa.array(rows.cols["processed_at"], pa.timestamp("us", tz="UTC")),
-        "oct_score": pa.array(rows.cols["oct_score"], pa.float32()),
-        "gate_reason": pa.array(rows.cols["gate_reason"], pa.string()),
-    })
+    arrays.update(
+        {
+            "status": pa.array(rows.cols["status"], pa.string()),
+            "error": pa.array(rows.cols["error"], pa.string()),
+            "width": pa.array(rows.cols["width"], pa.int32()),
+            "height": pa.array(rows.cols["height"], pa.int32()),
+            "model_sha256": const(model_sha256),
+            "backend": const(backend),
+            "precision": const(precision),
+            "decoder": const(decoder),
+            "run_id": const(run_id),
+            "processed_at": pa.array(rows.cols["processed_at"], pa.timestamp("us", tz="UTC")),
+            "oct_score": pa.array(rows.cols["oct_score"], pa.float32()),
+            "gate_reason": pa.array(rows.cols["gate_reason"], pa.string()),
+        }
+    )
     prov = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
     for f, values in zip(PROVENANCE_FIELDS, prov):
         arrays[f.name] = pa.array(list(values), f.type)
@@ -181,10 +200,15 @@ def _disk_error(exc: OSError, target: str) -> OctbatchError:
             f"out of disk space while writing {target}",
             "Committed shards are kept: free some space and run the same command again to resume.",
         )
-    return OctbatchError(f"cannot write {target}: {exc.strerror or exc}", "Check the output folder's permissions and free space, then run again to resume.")
+    return OctbatchError(
+        f"cannot write {target}: {exc.strerror or exc}",
+        "Check the output folder's permissions and free space, then run again to resume.",
+    )
 
 
-def atomic_write_parquet(path: str, tables: Iterable[pa.Table], schema: pa.Schema, *, row_group_size: int = 65536) -> int:
+def atomic_write_parquet(
+    path: str, tables: Iterable[pa.Table], schema: pa.Schema, *, row_group_size: int = 65536
+) -> int:
     """Write tables to a temp file in the target folder, fsync, and rename over `path`.
 
     A reader sees the old file or the new one, never a half-written one. Returns rows written.
@@ -245,7 +269,7 @@ def file_metadata(model, *, archive_root: str, version: str, extra: dict | None 
         "model_path": os.path.basename(model.path),
         "model_card": model.card,
         "archive_root": archive_root,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if extra:
         d.update(extra)

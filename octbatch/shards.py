@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from .archive import FileEntry
 from .errors import OctbatchError
@@ -73,9 +73,13 @@ def parse_slice(text: str | None) -> tuple[int, int] | None:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise OctbatchError(f"--shard {text!r} is not i/N", "Use e.g. --shard 0/4 (slices are numbered from 0).") from None
+        raise OctbatchError(
+            f"--shard {text!r} is not i/N", "Use e.g. --shard 0/4 (slices are numbered from 0)."
+        ) from None
     if n < 1 or not 0 <= i < n:
-        raise OctbatchError(f"--shard {text}: need 0 <= i < N", "Slices are numbered 0..N-1, e.g. --shard 3/4 is the last of four.")
+        raise OctbatchError(
+            f"--shard {text}: need 0 <= i < N", "Slices are numbered 0..N-1, e.g. --shard 3/4 is the last of four."
+        )
     return i, n
 
 
@@ -101,7 +105,11 @@ class WorkDir:
     def parts(self) -> list[str]:
         if not self.exists():
             return []
-        return sorted(os.path.join(self.path, n) for n in os.listdir(self.path) if n.startswith("part-") and n.endswith(".parquet"))
+        return sorted(
+            os.path.join(self.path, n)
+            for n in os.listdir(self.path)
+            if n.startswith("part-") and n.endswith(".parquet")
+        )
 
     def read_settings(self) -> dict | None:
         try:
@@ -131,7 +139,7 @@ class WorkDir:
         for name in os.listdir(self.path):
             if name.startswith("slice-") and name.endswith(".json"):
                 try:
-                    i, _, n = name[len("slice-"):-len(".json")].split("-")
+                    i, _, n = name[len("slice-") : -len(".json")].split("-")
                     with open(os.path.join(self.path, name)) as f:
                         done[(int(i), int(n))] = json.load(f)
                 except (ValueError, OSError):
@@ -198,14 +206,16 @@ class RunLock:
             os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         self._fds.append(fd)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             self._take(self.out + ".lock", fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX, self.out)
             if self.slice is not None:
                 wd = WorkDir(self.out)
                 wd.create()
                 i, n = self.slice
-                self._take(os.path.join(wd.path, f".slice-{i}-of-{n}.lock"), fcntl.LOCK_EX, f"slice {i}/{n} of {self.out}")
+                self._take(
+                    os.path.join(wd.path, f".slice-{i}-of-{n}.lock"), fcntl.LOCK_EX, f"slice {i}/{n} of {self.out}"
+                )
         except BaseException:
             self.__exit__()
             raise

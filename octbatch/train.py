@@ -27,10 +27,10 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,7 +96,10 @@ def load_records(data_dir: str | os.PathLike) -> list[Record]:
     """Every labelled scan under ``data_dir``: from ``manifest.csv`` when present, else discovery."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise OctbatchError(f"training data {root} is not a directory", "Give the folder that holds the class folders (e.g. CNV/, DME/, ...).")
+        raise OctbatchError(
+            f"training data {root} is not a directory",
+            "Give the folder that holds the class folders (e.g. CNV/, DME/, ...).",
+        )
     manifest = root / "manifest.csv"
     records: list[Record] = []
     if manifest.is_file():
@@ -127,9 +130,14 @@ def load_records(data_dir: str | os.PathLike) -> list[Record]:
             top = e.path.split("/", 1)[0].lower()
             if top in REPORT_HINTS and "/" in e.path:
                 hint = top
-            records.append(Record(path=e.abspath, rel=e.path, label=e.label, patient_id=e.patient_id or "", split_hint=hint))
+            records.append(
+                Record(path=e.abspath, rel=e.path, label=e.label, patient_id=e.patient_id or "", split_hint=hint)
+            )
     if not records:
-        raise OctbatchError(f"no labelled scans found under {root}", "Name scans like CNV-1016042-1.jpeg or put them in class folders CNV/, DME/, DRUSEN/, NORMAL/.")
+        raise OctbatchError(
+            f"no labelled scans found under {root}",
+            "Name scans like CNV-1016042-1.jpeg or put them in class folders CNV/, DME/, DRUSEN/, NORMAL/.",
+        )
     return records
 
 
@@ -244,7 +252,10 @@ def split_records(
             if s > near_dup:
                 records[i].role, records[i].why = "excluded", f"near-duplicate of a held-out scan (similarity {s:.3f})"
                 n_dups += 1
-    counts = {role: dict(sorted(Counter(r.label for r in records if r.role == role).items())) for role in ("train", "val", "report", "excluded")}
+    counts = {
+        role: dict(sorted(Counter(r.label for r in records if r.role == role).items()))
+        for role in ("train", "val", "report", "excluded")
+    }
     return {
         "counts": counts,
         "val_patients": len(val_patients),
@@ -274,7 +285,11 @@ def build_model(num_classes: int = 4, *, channels: int = 1, stem: int = 16, widt
             super().__init__()
             self.c1 = cbr(i, o, 3, stride)
             self.c2 = nn.Sequential(nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o))
-            self.short = None if (i == o and stride == 1) else nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+            self.short = (
+                None
+                if (i == o and stride == 1)
+                else nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+            )
             self.act = nn.ReLU(inplace=True)
 
         def forward(self, x):
@@ -353,7 +368,9 @@ def _u8_to_input(torch, u8: np.ndarray, spec: Preprocessing):
 # -------------------------------------------------------------------------------------- metrics
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str], groups: Sequence | None = None) -> dict:
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str], groups: Sequence | None = None
+) -> dict:
     """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support, confusion matrix
     (rows = true class, columns = predicted), and accuracy per group (e.g. original scan width)."""
     yt = np.asarray(y_true, int)
@@ -371,7 +388,12 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         prec = tp / predicted if predicted else 0.0
         rec = tp / support if support else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per[c] = {"precision": round(float(prec), 4), "recall": round(float(rec), 4), "f1": round(float(f1), 4), "support": support}
+        per[c] = {
+            "precision": round(float(prec), 4),
+            "recall": round(float(rec), 4),
+            "f1": round(float(f1), 4),
+            "support": support,
+        }
         if support:
             f1s.append(f1)
             recs.append(rec)
@@ -422,12 +444,23 @@ def predict_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, th
                     widths.append(int(size[0]))
                     images.append(batch.images[k].copy())
     k = len(info.classes)
-    return (np.asarray(kept, int), np.asarray(probs, np.float64).reshape(-1, k), np.asarray(widths, int),
-            np.asarray(images, np.uint8).reshape(-1, spec.height, spec.width))
+    return (
+        np.asarray(kept, int),
+        np.asarray(probs, np.float64).reshape(-1, k),
+        np.asarray(widths, int),
+        np.asarray(images, np.uint8).reshape(-1, spec.height, spec.width),
+    )
 
 
-def evaluate_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, threads: int = 2, batch_size: int = 64,
-                  temperature: float | None = None, predictions: list | None = None) -> dict:
+def evaluate_onnx(
+    model_path: str | os.PathLike,
+    records: Sequence[Record],
+    *,
+    threads: int = 2,
+    batch_size: int = 64,
+    temperature: float | None = None,
+    predictions: list | None = None,
+) -> dict:
     """Metrics of the exported model on ``records`` through the inference path: classification
     metrics, per-width accuracy, urgent-referral sensitivity/specificity, ECE and reliability bins.
     ``temperature``: the one baked into the model, to also report the uncalibrated ECE.
@@ -451,9 +484,17 @@ def evaluate_onnx(model_path: str | os.PathLike, records: Sequence[Record], *, t
     m["mean_confidence"] = round(float(probs.max(axis=1).mean()), 4) if len(probs) else None
     if predictions is not None:
         for j, i in enumerate(kept):
-            predictions.append({"rel": records[i].rel, "true": records[i].label, "pred": classes[int(y_pred[j])],
-                                "confidence": float(probs[j].max()), "p_true": float(probs[j][y_true[j]]),
-                                "width": int(widths[j]), "image": images[j]})
+            predictions.append(
+                {
+                    "rel": records[i].rel,
+                    "true": records[i].label,
+                    "pred": classes[int(y_pred[j])],
+                    "confidence": float(probs[j].max()),
+                    "p_true": float(probs[j][y_true[j]]),
+                    "width": int(widths[j]),
+                    "image": images[j],
+                }
+            )
     return m
 
 
@@ -496,7 +537,9 @@ def _benchmark_fresh(model_path, *, threads: int = 2) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        res = subprocess.run([sys.executable, "-c", code, str(model_path)], capture_output=True, text=True, timeout=300, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(model_path)], capture_output=True, text=True, timeout=300, env=env
+        )
         if res.returncode == 0:
             d = json.loads(res.stdout.strip().splitlines()[-1])
             d["process"] = "fresh"
@@ -511,7 +554,9 @@ def _benchmark_fresh(model_path, *, threads: int = 2) -> dict:
 # ---------------------------------------------------------------------------------------- export
 
 
-def _export_onnx(torch, model, spec: Preprocessing, out: Path, classes: Sequence[str], card: str, *, temperature: float | None = None) -> None:
+def _export_onnx(
+    torch, model, spec: Preprocessing, out: Path, classes: Sequence[str], card: str, *, temperature: float | None = None
+) -> None:
     from ._deps import require
     from .model import META_CARD, META_CLASSES, META_OUTPUT, META_PREPROC
 
@@ -535,7 +580,12 @@ def _export_onnx(torch, model, spec: Preprocessing, out: Path, classes: Sequence
             dynamo=False,
         )
     m = onnx.load(str(tmp))  # weights are inline: the model is far below protobuf's 2 GiB limit
-    meta = {META_CLASSES: json.dumps(list(classes)), META_PREPROC: spec.to_json(), META_OUTPUT: "logits", META_CARD: card}
+    meta = {
+        META_CLASSES: json.dumps(list(classes)),
+        META_PREPROC: spec.to_json(),
+        META_OUTPUT: "logits",
+        META_CARD: card,
+    }
     if temperature is not None:
         # Informational: the division by T is already in the graph, so no backend applies it again.
         meta["octbatch.temperature"] = f"{temperature:.6f}"
@@ -572,7 +622,9 @@ def update_card(path: str | os.PathLike, card: str) -> None:
 # ---------------------------------------------------------------------------------------- report
 
 
-def draw_confusion_png(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+def draw_confusion_png(
+    cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
     """A labelled confusion-matrix grid (rows: true class, columns: predicted) drawn with Pillow."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -619,15 +671,28 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, *, predictions: dict
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     classes = metrics["classes"]
     if metrics.get("history"):
-        draw_curves_png(metrics["history"], out_dir / "training_curves.png", best_epoch=metrics["settings"].get("best_epoch"))
-    titles = {"test_v3": "Kermany official test set (split_hint test-v3)", "test_val": "report-only split_hint test + val",
-              "validation": "held-out validation patients", "width_holdout": "held-out scan widths"}
+        draw_curves_png(
+            metrics["history"], out_dir / "training_curves.png", best_epoch=metrics["settings"].get("best_epoch")
+        )
+    titles = {
+        "test_v3": "Kermany official test set (split_hint test-v3)",
+        "test_val": "report-only split_hint test + val",
+        "validation": "held-out validation patients",
+        "width_holdout": "held-out scan widths",
+    }
     for name, m in metrics.get("evaluation", {}).items():
-        draw_confusion_png(m["confusion_matrix"], classes, out_dir / f"confusion_{name}.png", f"{titles.get(name, name)}, n={m['n']}")
+        draw_confusion_png(
+            m["confusion_matrix"], classes, out_dir / f"confusion_{name}.png", f"{titles.get(name, name)}, n={m['n']}"
+        )
         if "reliability_uncalibrated" in m:
-            draw_reliability_png({"before (T=1)": (m["reliability_uncalibrated"], m["ece_uncalibrated"]),
-                                  f"after (T={metrics.get('temperature', 1):.2f})": (m["reliability"], m["ece"])},
-                                 out_dir / f"reliability_{name}.png", title=f"reliability, {titles.get(name, name)}")
+            draw_reliability_png(
+                {
+                    "before (T=1)": (m["reliability_uncalibrated"], m["ece_uncalibrated"]),
+                    f"after (T={metrics.get('temperature', 1):.2f})": (m["reliability"], m["ece"]),
+                },
+                out_dir / f"reliability_{name}.png",
+                title=f"reliability, {titles.get(name, name)}",
+            )
     for name, preds in (predictions or {}).items():
         if name not in ("test_v3", "validation") or not preds:
             continue
@@ -641,8 +706,12 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, *, predictions: dict
         items += [dict(p, note="least confident") for p in unsure]
         for p in items:
             p.setdefault("note", f"{p['width']} px wide")
-        draw_samples_png(items, out_dir / f"samples_{name}.png", title=f"sample predictions, {titles.get(name, name)}: "
-                         "2 correct per class, the 10 most confident mistakes, the 4 least confident")
+        draw_samples_png(
+            items,
+            out_dir / f"samples_{name}.png",
+            title=f"sample predictions, {titles.get(name, name)}: "
+            "2 correct per class, the 10 most confident mistakes, the 4 least confident",
+        )
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -651,7 +720,9 @@ def write_report(metrics: dict, out_dir: str | os.PathLike, *, predictions: dict
 # ------------------------------------------------------------------------------- width handling
 
 
-def decode_strips(records: Sequence[Record], height: int, *, threads: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_strips(
+    records: Sequence[Record], height: int, *, threads: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every scan decoded once at ``height`` rows with its aspect ratio kept (a "strip"), through the
     inference decoder (``resize="stretch"`` to the scan's own aspect): (uint8 (N, height, Wmax) left-aligned,
     widths (N,), ok mask (N,)). Training crops and rescales these strips per sample, which is how one
@@ -691,8 +762,19 @@ def decode_strips(records: Sequence[Record], height: int, *, threads: int = 2) -
     return strips, np.asarray([max(8, w) if w else 0 for w in sizes], int), ok
 
 
-def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize: str, lateral: tuple[float, float] | None, gen,
-                 density: tuple[float, float] | None = None, scan_widths=None):
+def _crop_strips(
+    torch,
+    strips,
+    widths,
+    idx,
+    *,
+    out_hw: tuple[int, int],
+    resize: str,
+    lateral: tuple[float, float] | None,
+    gen,
+    density: tuple[float, float] | None = None,
+    scan_widths=None,
+):
     """Crop each strip the way ``resize`` crops a scan, with an optional random lateral scale factor
     (log-uniform in ``lateral``: the crop covers 1/f as many A-scans, i.e. the retina appears f times
     wider, which is what another A-scan density does), then resize to out_hw with antialiasing (close to
@@ -705,10 +787,14 @@ def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize:
         # Target A-scan density: every scan, whatever its own width, is shown as if it had been acquired
         # with a width drawn log-uniformly from ``density`` (e.g. 512..1536 A-scans for one scan length),
         # so no class can be recognised by the density it happened to be acquired with.
-        target = torch.exp(torch.empty(len(idx)).uniform_(math.log(density[0]), math.log(density[1]), generator=gen)).tolist()
+        target = torch.exp(
+            torch.empty(len(idx)).uniform_(math.log(density[0]), math.log(density[1]), generator=gen)
+        ).tolist()
         f = [t / float(scan_widths[i]) for t, i in zip(target, idx)]
     elif lateral is not None:
-        f = torch.exp(torch.empty(len(idx)).uniform_(math.log(lateral[0]), math.log(lateral[1]), generator=gen)).tolist()
+        f = torch.exp(
+            torch.empty(len(idx)).uniform_(math.log(lateral[0]), math.log(lateral[1]), generator=gen)
+        ).tolist()
     else:
         f = [1.0] * len(idx)
     for k, i in enumerate(idx):
@@ -724,11 +810,25 @@ def _crop_strips(torch, strips, widths, idx, *, out_hw: tuple[int, int], resize:
 # ----------------------------------------------------------------------------------------- train
 
 
-def _card_text(n_params: int, spec: Preprocessing, split: dict, best_epoch: int, epochs: int, seed: int, temperature: float,
-               validation: dict | None) -> str:
+def _card_text(
+    n_params: int,
+    spec: Preprocessing,
+    split: dict,
+    best_epoch: int,
+    epochs: int,
+    seed: int,
+    temperature: float,
+    validation: dict | None,
+) -> str:
     rule = "whole scan resized (stretch)" if spec.resize == "stretch" else "centre square crop"
-    counts = "; ".join(f"{role} " + ", ".join(f"{c} {n}" for c, n in split["counts"][role].items()) for role in ("train", "val"))
-    held = f" Held-out patients (n={validation['n']}): accuracy {validation['accuracy']:.3f}, macro F1 {validation['macro_f1']:.3f}." if validation else ""
+    counts = "; ".join(
+        f"{role} " + ", ".join(f"{c} {n}" for c, n in split["counts"][role].items()) for role in ("train", "val")
+    )
+    held = (
+        f" Held-out patients (n={validation['n']}): accuracy {validation['accuracy']:.3f}, macro F1 {validation['macro_f1']:.3f}."
+        if validation
+        else ""
+    )
     return (
         f"octbatch oct4-default: small ResNet-like CNN ({n_params:,} parameters) classifying one grayscale retinal "
         f"OCT B-scan ({rule}, {spec.height}x{spec.width}) into CNV, DME, DRUSEN or NORMAL. Trained with octbatch.train "
@@ -791,7 +891,9 @@ def train(
     t_start = time.perf_counter()
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise OctbatchError(f"--out {out} should end in .onnx", "Give the path of the model file to write, e.g. model.onnx.")
+        raise OctbatchError(
+            f"--out {out} should end in .onnx", "Give the path of the model file to write, e.g. model.onnx."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if epochs < 1:
         raise OctbatchError("epochs must be at least 1", "Pass --epochs 1 or more.")
@@ -826,14 +928,22 @@ def train(
                 r.role = "width_holdout"
         if train_fraction < 1.0:
             tr_all = [r for r in records if r.role == "train"]
-            pick = set(rng.choice(len(tr_all), size=max(len(classes), round(train_fraction * len(tr_all))), replace=False).tolist())
+            pick = set(
+                rng.choice(
+                    len(tr_all), size=max(len(classes), round(train_fraction * len(tr_all))), replace=False
+                ).tolist()
+            )
             for k, r in enumerate(tr_all):
                 if k not in pick:
                     r.role, r.why = "unused", f"left out by train_fraction={train_fraction}"
-        split["counts"] = {role: dict(sorted(Counter(r.label for r in records if r.role == role).items()))
-                           for role in ("train", "val", "report", "excluded", "width_holdout", "unused")}
-        split["counts_by_width"] = {role: dict(sorted(Counter(f"{r.label} {r.width}x{r.height}" for r in records if r.role == role).items()))
-                                    for role in ("train", "val", "report", "excluded", "width_holdout")}
+        split["counts"] = {
+            role: dict(sorted(Counter(r.label for r in records if r.role == role).items()))
+            for role in ("train", "val", "report", "excluded", "width_holdout", "unused")
+        }
+        split["counts_by_width"] = {
+            role: dict(sorted(Counter(f"{r.label} {r.width}x{r.height}" for r in records if r.role == role).items()))
+            for role in ("train", "val", "report", "excluded", "width_holdout")
+        }
         log(f"split: {json.dumps(split['counts'])}")
         roles = np.array([r.role for r in records])
         y = np.array([classes.index(r.label) for r in records])
@@ -849,7 +959,9 @@ def train(
 
         model = build_model(len(classes), channels=spec.channels, stem=stem, widths=widths)
         n_params = int(sum(p.numel() for p in model.parameters()))
-        log(f"model: {n_params:,} parameters; resize={resize} lateral_scale={lateral_scale} density={density}; mean={spec.mean[0]} std={spec.std[0]}")
+        log(
+            f"model: {n_params:,} parameters; resize={resize} lateral_scale={lateral_scale} density={density}; mean={spec.mean[0]} std={spec.std[0]}"
+        )
 
         # Class-balanced sampling: every class is drawn equally often; an epoch is len(train) draws.
         counts = np.bincount(y[tr], minlength=len(classes)).astype(float)
@@ -871,8 +983,18 @@ def train(
                 idx = draw[s * batch_size : (s + 1) * batch_size]
                 if len(idx) < 2:
                     continue
-                xb = _crop_strips(torch, strips, strip_w, idx, out_hw=hw, resize=resize, lateral=lateral_scale, gen=gen,
-                                  density=density, scan_widths=scan_w)
+                xb = _crop_strips(
+                    torch,
+                    strips,
+                    strip_w,
+                    idx,
+                    out_hw=hw,
+                    resize=resize,
+                    lateral=lateral_scale,
+                    gen=gen,
+                    density=density,
+                    scan_widths=scan_w,
+                )
                 xb = _normalize_t(torch, _augment(torch, xb, gen), spec)
                 yb = torch.from_numpy(y[idx])
                 logits = model(xb)
@@ -884,14 +1006,23 @@ def train(
                 tot += float(loss.detach()) * len(idx)
                 n_seen += len(idx)
                 n_right += int((logits.detach().argmax(1) == yb).sum())
-            entry = {"epoch": ep, "train_loss": round(tot / max(1, n_seen), 4), "train_accuracy": round(n_right / max(1, n_seen), 4)}
+            entry = {
+                "epoch": ep,
+                "train_loss": round(tot / max(1, n_seen), 4),
+                "train_accuracy": round(n_right / max(1, n_seen), 4),
+            }
             if xva is not None:
                 model.eval()
                 with torch.no_grad():
                     logits = torch.cat([model(xva[i : i + 256]) for i in range(0, len(xva), 256)])
                     vloss = float(F.cross_entropy(logits, yva))
                 vm = classification_metrics(y[va], logits.argmax(1).numpy(), classes)
-                entry.update(val_loss=round(vloss, 4), val_accuracy=vm["accuracy"], val_macro_f1=vm["macro_f1"], val_balanced_accuracy=vm["balanced_accuracy"])
+                entry.update(
+                    val_loss=round(vloss, 4),
+                    val_accuracy=vm["accuracy"],
+                    val_macro_f1=vm["macro_f1"],
+                    val_balanced_accuracy=vm["balanced_accuracy"],
+                )
                 score = (vm["macro_f1"], -vloss)
             else:
                 score = (ep, 0.0)  # nothing to select on: keep the last epoch
@@ -908,7 +1039,9 @@ def train(
             with torch.no_grad():
                 vlog = torch.cat([model(xva[i : i + 256]) for i in range(0, len(xva), 256)]).numpy()
             temperature = fit_temperature(vlog, y[va])
-            log(f"kept epoch {best_epoch}; temperature {temperature:.3f} (validation NLL {nll(vlog, y[va]):.4f} -> {nll(vlog, y[va], temperature):.4f})")
+            log(
+                f"kept epoch {best_epoch}; temperature {temperature:.3f} (validation NLL {nll(vlog, y[va]):.4f} -> {nll(vlog, y[va], temperature):.4f})"
+            )
         train_seconds = time.perf_counter() - t_start
         card = _card_text(n_params, spec, split, best_epoch, epochs, seed, temperature, None)
         _export_onnx(torch, _Scaled(torch, model, temperature), spec, out, classes, card, temperature=temperature)
@@ -928,12 +1061,18 @@ def train(
     for name, recs in sets.items():
         if recs:
             predictions[name] = []
-            evaluation[name] = evaluate_onnx(out, recs, threads=threads, temperature=temperature, predictions=predictions[name])
+            evaluation[name] = evaluate_onnx(
+                out, recs, threads=threads, temperature=temperature, predictions=predictions[name]
+            )
             m = evaluation[name]
-            log(f"{name}: n={m['n']} accuracy={m['accuracy']} balanced={m['balanced_accuracy']} macro_f1={m['macro_f1']} "
-                f"urgent sens={m['referral']['urgent_sensitivity']} ece={m['ece']} (uncalibrated {m.get('ece_uncalibrated')})")
+            log(
+                f"{name}: n={m['n']} accuracy={m['accuracy']} balanced={m['balanced_accuracy']} macro_f1={m['macro_f1']} "
+                f"urgent sens={m['referral']['urgent_sensitivity']} ece={m['ece']} (uncalibrated {m.get('ece_uncalibrated')})"
+            )
     if "validation" in evaluation:
-        update_card(out, _card_text(n_params, spec, split, best_epoch, epochs, seed, temperature, evaluation["validation"]))
+        update_card(
+            out, _card_text(n_params, spec, split, best_epoch, epochs, seed, temperature, evaluation["validation"])
+        )
     from .model import file_sha256, load_model_info
 
     info = load_model_info(out)
@@ -947,14 +1086,27 @@ def train(
         "temperature": round(temperature, 4),
         "card": info.card,
         "settings": {
-            "epochs": epochs, "best_epoch": best_epoch, "seed": seed, "input_size": input_size,
-            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "label_smoothing": DEFAULTS["label_smoothing"], "val_fraction": val_fraction,
-            "stem": stem, "widths": list(widths), "near_dup_threshold": near_dup, "threads": threads,
-            "resize": resize, "lateral_scale": list(lateral_scale) if lateral_scale else None,
+            "epochs": epochs,
+            "best_epoch": best_epoch,
+            "seed": seed,
+            "input_size": input_size,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "label_smoothing": DEFAULTS["label_smoothing"],
+            "val_fraction": val_fraction,
+            "stem": stem,
+            "widths": list(widths),
+            "near_dup_threshold": near_dup,
+            "threads": threads,
+            "resize": resize,
+            "lateral_scale": list(lateral_scale) if lateral_scale else None,
             "density": list(density) if density else None,
-            "holdout_widths": sorted(held_widths), "train_fraction": train_fraction,
-            "optimizer": "AdamW", "schedule": "OneCycle (15% warm-up, cosine)", "sampling": "class-balanced",
+            "holdout_widths": sorted(held_widths),
+            "train_fraction": train_fraction,
+            "optimizer": "AdamW",
+            "schedule": "OneCycle (15% warm-up, cosine)",
+            "sampling": "class-balanced",
             "selection": "best validation macro F1 (ties: lower validation loss)",
             "calibration": "temperature scaling on the validation patients, baked into the graph",
         },

@@ -45,13 +45,22 @@ def _confusion(m: dict, classes: list[str]) -> list[str]:
 def _by_width(m: dict) -> list[str]:
     rows = ["| width | n | accuracy | classes |", "| --- | ---: | ---: | --- |"]
     for w, g in m.get("accuracy_by_width", {}).items():
-        rows.append(f"| {w} | {g['n']} | {_f(g['accuracy'])} | " + ", ".join(f"{c} {n}" for c, n in g["classes"].items()) + " |")
+        rows.append(
+            f"| {w} | {g['n']} | {_f(g['accuracy'])} | " + ", ".join(f"{c} {n}" for c, n in g["classes"].items()) + " |"
+        )
     return rows
 
 
 def _split_table(split: dict, classes: list[str]) -> list[str]:
     roles = [r for r in ("train", "val", "report", "excluded", "width_holdout", "unused") if split["counts"].get(r)]
-    names = {"train": "train", "val": "validation", "report": "report-only", "excluded": "left out", "width_holdout": "width hold-out", "unused": "unused"}
+    names = {
+        "train": "train",
+        "val": "validation",
+        "report": "report-only",
+        "excluded": "left out",
+        "width_holdout": "width hold-out",
+        "unused": "unused",
+    }
     rows = ["| class | " + " | ".join(names[r] for r in roles) + " |", "| --- |" + " ---: |" * len(roles)]
     for c in classes:
         rows.append(f"| {c} | " + " | ".join(str(split["counts"][r].get(c, 0)) for r in roles) + " |")
@@ -61,16 +70,29 @@ def _split_table(split: dict, classes: list[str]) -> list[str]:
 
 def _width_split_table(split: dict, classes: list[str]) -> list[str]:
     byw = split.get("counts_by_width", {})
-    sizes = sorted({k.split(" ", 1)[1] for d in byw.values() for k in d}, key=lambda s: tuple(int(v) for v in s.split("x")))
+    sizes = sorted(
+        {k.split(" ", 1)[1] for d in byw.values() for k in d}, key=lambda s: tuple(int(v) for v in s.split("x"))
+    )
     roles = [r for r in ("train", "val", "report", "excluded") if byw.get(r)]
-    rows = ["| size | " + " | ".join(f"{r} ({'/'.join(c[:2] for c in classes)})" for r in roles) + " |", "| --- |" + " --- |" * len(roles)]
+    rows = [
+        "| size | " + " | ".join(f"{r} ({'/'.join(c[:2] for c in classes)})" for r in roles) + " |",
+        "| --- |" + " --- |" * len(roles),
+    ]
     for s in sizes:
-        rows.append(f"| {s} | " + " | ".join(" / ".join(str(byw[r].get(f"{c} {s}", 0)) for c in classes) for r in roles) + " |")
+        rows.append(
+            f"| {s} | " + " | ".join(" / ".join(str(byw[r].get(f"{c} {s}", 0)) for c in classes) for r in roles) + " |"
+        )
     return rows
 
 
-def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None = None, curve: dict | None = None,
-                candidates: dict | None = None) -> str:
+def render_card(
+    metrics: dict,
+    *,
+    width: dict | None = None,
+    sizes: dict | None = None,
+    curve: dict | None = None,
+    candidates: dict | None = None,
+) -> str:
     classes = metrics["classes"]
     s = metrics["settings"]
     pre = metrics["preprocessing"]
@@ -88,13 +110,21 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     a("| --- | --- |")
     a(f"| file | `octbatch/models/{metrics['model']}`, {metrics['bytes'] / 1e6:.2f} MB, sha256 `{metrics['sha256']}` |")
     a("| task | one retinal OCT B-scan (grayscale) to one of 4 classes: " + ", ".join(f"`{c}`" for c in classes) + " |")
-    a(f"| architecture | small ResNet: 3x3/2 conv stem ({s['stem']} ch) + 2x2 max-pool, four basic residual blocks "
-      f"({'/'.join(str(w) for w in s['widths'])} channels), global average pool, dropout 0.2, linear layer; **{metrics['parameters']:,} parameters** |")
+    a(
+        f"| architecture | small ResNet: 3x3/2 conv stem ({s['stem']} ch) + 2x2 max-pool, four basic residual blocks "
+        f"({'/'.join(str(w) for w in s['widths'])} channels), global average pool, dropout 0.2, linear layer; **{metrics['parameters']:,} parameters** |"
+    )
     a(f"| input | `input`: float32 `N x 1 x {pre['input_size'][0]} x {pre['input_size'][1]}` (dynamic batch) |")
-    a(f"| output | `logits`: float32 `N x 4` **already divided by the fitted temperature T = {metrics['temperature']:.3f}** "
-      "(one `Mul` at the end of the graph), so octbatch's softmax gives calibrated probabilities on every backend |")
-    a("| metadata | `octbatch.classes`, `octbatch.preprocessing`, `octbatch.output` = `logits`, `octbatch.temperature` (informational), `octbatch.model_card` |")
-    a(f"| training | torch {metrics['torch_version']} on CPU, {s['threads']} threads, {metrics['train_seconds'] / 60:.1f} min wall time |")
+    a(
+        f"| output | `logits`: float32 `N x 4` **already divided by the fitted temperature T = {metrics['temperature']:.3f}** "
+        "(one `Mul` at the end of the graph), so octbatch's softmax gives calibrated probabilities on every backend |"
+    )
+    a(
+        "| metadata | `octbatch.classes`, `octbatch.preprocessing`, `octbatch.output` = `logits`, `octbatch.temperature` (informational), `octbatch.model_card` |"
+    )
+    a(
+        f"| training | torch {metrics['torch_version']} on CPU, {s['threads']} threads, {metrics['train_seconds'] / 60:.1f} min wall time |"
+    )
     a("")
     a("## Results on Kermany's official test set, beside the published figures")
     a("")
@@ -107,11 +137,18 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
         a(f"| accuracy | **{_f(t['accuracy'])}** | {KERMANY['accuracy']:.3f} |")
         a(f"| balanced accuracy (macro recall) | {_f(t['balanced_accuracy'])} | - |")
         a(f"| macro F1 | {_f(t['macro_f1'])} | - |")
-        a(f"| urgent referral (CNV or DME) sensitivity | {_f(r['urgent_sensitivity'])} | {KERMANY['urgent_sensitivity']:.3f} |")
+        a(
+            f"| urgent referral (CNV or DME) sensitivity | {_f(r['urgent_sensitivity'])} | {KERMANY['urgent_sensitivity']:.3f} |"
+        )
         a(f"| urgent referral specificity | {_f(r['urgent_specificity'])} | {KERMANY['urgent_specificity']:.3f} |")
-        a(f"| expected calibration error (15 bins) | {_f(t['ece'])} (before temperature scaling: {_f(t.get('ece_uncalibrated'))}) | - |")
+        a(
+            f"| expected calibration error (15 bins) | {_f(t['ece'])} (before temperature scaling: {_f(t.get('ece_uncalibrated'))}) | - |"
+        )
         a("| training scans | about 2,000 (this folder) | 108,312 |")
-        a("| network | " + f"{metrics['parameters'] / 1e6:.2f} M parameters, trained from scratch | InceptionV3 (~22 M), ImageNet-pretrained |")
+        a(
+            "| network | "
+            + f"{metrics['parameters'] / 1e6:.2f} M parameters, trained from scratch | InceptionV3 (~22 M), ImageNet-pretrained |"
+        )
         a("")
         a("What differs: Kermany et al. trained on 108,312 scans with ImageNet pretraining; this model saw")
         a("about 2 % of that, from scratch, on 2 CPU cores. The test scans are 1024 px wide, a width that no")
@@ -125,11 +162,16 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
         a(f"### {TITLES.get(name, name)}, n = {m['n']}")
         a("")
         r = m["referral"]
-        a(f"accuracy **{_f(m['accuracy'])}**, balanced accuracy {_f(m['balanced_accuracy'])}, macro F1 {_f(m['macro_f1'])}; "
-          f"urgent referral sensitivity {_f(r['urgent_sensitivity'])}, specificity {_f(r['urgent_specificity'])}; "
-          f"ECE {_f(m['ece'])} (uncalibrated {_f(m.get('ece_uncalibrated'))}).")
-        a(f"Pictures: [`confusion_{name}.png`](confusion_{name}.png), [`reliability_{name}.png`](reliability_{name}.png)"
-          + (f", [`samples_{name}.png`](samples_{name}.png)" if name in ("test_v3", "validation") else "") + ".")
+        a(
+            f"accuracy **{_f(m['accuracy'])}**, balanced accuracy {_f(m['balanced_accuracy'])}, macro F1 {_f(m['macro_f1'])}; "
+            f"urgent referral sensitivity {_f(r['urgent_sensitivity'])}, specificity {_f(r['urgent_specificity'])}; "
+            f"ECE {_f(m['ece'])} (uncalibrated {_f(m.get('ece_uncalibrated'))})."
+        )
+        a(
+            f"Pictures: [`confusion_{name}.png`](confusion_{name}.png), [`reliability_{name}.png`](reliability_{name}.png)"
+            + (f", [`samples_{name}.png`](samples_{name}.png)" if name in ("test_v3", "validation") else "")
+            + "."
+        )
         a("")
         L.extend(_per_class(m, classes))
         a("")
@@ -143,29 +185,41 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     a("")
     a("## Calibration")
     a("")
-    a(f"Temperature scaling (one scalar, Guo et al. 2017) fitted by minimising the negative log-likelihood on the")
-    a(f"validation patients: **T = {metrics['temperature']:.3f}**. It never changes a prediction, only the probabilities.")
+    a("Temperature scaling (one scalar, Guo et al. 2017) fitted by minimising the negative log-likelihood on the")
+    a(
+        f"validation patients: **T = {metrics['temperature']:.3f}**. It never changes a prediction, only the probabilities."
+    )
     a("")
     a("| set | ECE before | ECE after | mean confidence | accuracy |")
     a("| --- | ---: | ---: | ---: | ---: |")
     for name, m in ev.items():
-        a(f"| {name} | {_f(m.get('ece_uncalibrated'))} | {_f(m['ece'])} | {_f(m.get('mean_confidence'))} | {_f(m['accuracy'])} |")
+        a(
+            f"| {name} | {_f(m.get('ece_uncalibrated'))} | {_f(m['ece'])} | {_f(m.get('mean_confidence'))} | {_f(m['accuracy'])} |"
+        )
     a("")
     a("![reliability diagram, official test set](reliability_test_v3.png)")
     a("")
     a("## Data and split")
     a("")
     a("The Kermany OCT2017 sample in `shared/data/oct2017` (real Spectralis SD-OCT B-scans; CC BY 4.0,")
-    a("doi:10.17632/rscbjbr9sj.2; Kermany et al., Cell 172(5):1122-1131, 2018). No scan is copied into this repository.")
+    a(
+        "doi:10.17632/rscbjbr9sj.2; Kermany et al., Cell 172(5):1122-1131, 2018). No scan is copied into this repository."
+    )
     a("")
     a("* **report-only** (`split_hint` test-v3, test, val): never trained on, never used to pick an epoch, a rule or a")
     a("  temperature; evaluated once, on the exported file, after training;")
     sp = metrics["split"]
-    a(f"* {sp.get('excluded_report_patient_scans', 0)} other scans of the {sp.get('report_patients', 0)} patient ids that occur in a report-only split are left out;")
-    a(f"* {sp.get('excluded_near_duplicates', 0)} training-side scans that near-duplicate a validation or report-only scan (correlation > "
-      f"{s['near_dup_threshold']} of 32 x 32 thumbnails) are left out;")
-    a(f"* the rest with a patient id is split **patient-wise** into train and validation ({sp.get('train_patients', 0)} / {sp.get('val_patients', 0)} patients); "
-      f"{sp.get('train_without_patient_id', 0)} scans without a patient id can only train.")
+    a(
+        f"* {sp.get('excluded_report_patient_scans', 0)} other scans of the {sp.get('report_patients', 0)} patient ids that occur in a report-only split are left out;"
+    )
+    a(
+        f"* {sp.get('excluded_near_duplicates', 0)} training-side scans that near-duplicate a validation or report-only scan (correlation > "
+        f"{s['near_dup_threshold']} of 32 x 32 thumbnails) are left out;"
+    )
+    a(
+        f"* the rest with a patient id is split **patient-wise** into train and validation ({sp.get('train_patients', 0)} / {sp.get('val_patients', 0)} patients); "
+        f"{sp.get('train_without_patient_id', 0)} scans without a patient id can only train."
+    )
     a("")
     L.extend(_split_table(sp, classes))
     a("")
@@ -176,22 +230,34 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     a("## Preprocessing: how a scan of any width reaches the network")
     a("")
     rule = pre["resize"]
-    a(f"Stored in the model (`octbatch.preprocessing`) and used by training and every decoder alike: `resize = \"{rule}\"`, "
-      f"{pre['input_size'][0]} x {pre['input_size'][1]}, 1 channel, area interpolation, `x = (u8/255 - {pre['mean'][0]}) / {pre['std'][0]}`.")
+    a(
+        f'Stored in the model (`octbatch.preprocessing`) and used by training and every decoder alike: `resize = "{rule}"`, '
+        f"{pre['input_size'][0]} x {pre['input_size'][1]}, 1 channel, area interpolation, `x = (u8/255 - {pre['mean'][0]}) / {pre['std'][0]}`."
+    )
     if rule == "stretch":
         a("The whole scan is resized to the square input: every A-scan column of the B-scan is kept, and")
         a("scans of 512, 768, 1024 and 1536 A-scans over one scan length show the retina at one scale.")
     else:
-        a("The largest centred square of the scan is resized to the input: equal pixel spacing is assumed across widths.")
+        a(
+            "The largest centred square of the scan is resized to the input: equal pixel spacing is assumed across widths."
+        )
     lat = s.get("lateral_scale")
     if s.get("density"):
         lo, hi = s["density"]
-        a(f"Training shows every scan at a **random A-scan density**: as if acquired with a width drawn log-uniformly from {lo} to {hi}")
-        a("A-scans (a narrower or wider crop of the scan, resized), so no class can be recognised by the density it happened to be")
-        a("acquired with (in this sample CNV is far more often 768/1536 px wide than DRUSEN). On top: flips, small rotations and")
+        a(
+            f"Training shows every scan at a **random A-scan density**: as if acquired with a width drawn log-uniformly from {lo} to {hi}"
+        )
+        a(
+            "A-scans (a narrower or wider crop of the scan, resized), so no class can be recognised by the density it happened to be"
+        )
+        a(
+            "acquired with (in this sample CNV is far more often 768/1536 px wide than DRUSEN). On top: flips, small rotations and"
+        )
         a("zoom, gamma/contrast/brightness and blur.")
     elif lat:
-        a(f"Training adds a random **lateral scale** factor (log-uniform in {lat}) on top of flips, small rotations, gamma/contrast/brightness and blur,")
+        a(
+            f"Training adds a random **lateral scale** factor (log-uniform in {lat}) on top of flips, small rotations, gamma/contrast/brightness and blur,"
+        )
         a("so the network also sees the retina at other A-scan densities than the ones in the training sample.")
     else:
         a("No lateral-scale augmentation.")
@@ -199,8 +265,12 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     if width:
         a("### The width experiment (evidence for the rule)")
         a("")
-        a("Each rule trained on the non-report-only 512-px-wide scans only and evaluated through the inference path on the")
-        a("512-px validation patients and on every non-report-only scan of the held-out widths 768 and 1536 (1.5x and 3x the")
+        a(
+            "Each rule trained on the non-report-only 512-px-wide scans only and evaluated through the inference path on the"
+        )
+        a(
+            "512-px validation patients and on every non-report-only scan of the held-out widths 768 and 1536 (1.5x and 3x the"
+        )
         a("A-scan density; the report-only 1024-px scans were not looked at). From `benchmarks/width_experiment.json`:")
         a("")
         a("| rule | validation (512 px) acc / bal. acc | held-out widths acc / bal. acc | 768 px acc | 1536 px acc |")
@@ -208,24 +278,34 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
         for name, r in width.items():
             v, h = r.get("validation", {}), r.get("width_holdout", {})
             bw = h.get("accuracy_by_width", {})
-            a(f"| {name} | {_f(v.get('accuracy'))} / {_f(v.get('balanced_accuracy'))} | {_f(h.get('accuracy'))} / {_f(h.get('balanced_accuracy'))} | "
-              f"{_f(bw.get('768', {}).get('accuracy'))} | {_f(bw.get('1536', {}).get('accuracy'))} |")
+            a(
+                f"| {name} | {_f(v.get('accuracy'))} / {_f(v.get('balanced_accuracy'))} | {_f(h.get('accuracy'))} / {_f(h.get('balanced_accuracy'))} | "
+                f"{_f(bw.get('768', {}).get('accuracy'))} | {_f(bw.get('1536', {}).get('accuracy'))} |"
+            )
         a("")
     if sizes:
         a("## Architecture and size (accuracy against speed)")
         a("")
-        a("Same data, rule and schedule; accuracy on the validation patients (the selection set); speed: ONNX Runtime, CPU,")
-        a("batch 64, 2 threads, median of 20 batches in a fresh process, on this project's 2-core VM. From `benchmarks/model_sizes.json`:")
+        a(
+            "Same data, rule and schedule; accuracy on the validation patients (the selection set); speed: ONNX Runtime, CPU,"
+        )
+        a(
+            "batch 64, 2 threads, median of 20 batches in a fresh process, on this project's 2-core VM. From `benchmarks/model_sizes.json`:"
+        )
         a("")
         a("| network | parameters | validation acc | validation macro F1 | ORT img/s (CPU, 2 threads) |")
         a("| --- | ---: | ---: | ---: | ---: |")
         for name, r in sizes.items():
-            a(f"| {name} | {r['parameters']:,} | {_f(r['val_accuracy'])} | {_f(r['val_macro_f1'])} | {r['img_per_s']:,.0f} |")
+            a(
+                f"| {name} | {r['parameters']:,} | {_f(r['val_accuracy'])} | {_f(r['val_macro_f1'])} | {r['img_per_s']:,.0f} |"
+            )
         a("")
     if curve:
         a("## Learning curve (is more data the limit?)")
         a("")
-        a("Same recipe on a random fraction of the training scans; validation patients fixed. From `benchmarks/learning_curve.json`:")
+        a(
+            "Same recipe on a random fraction of the training scans; validation patients fixed. From `benchmarks/learning_curve.json`:"
+        )
         a("")
         a("| training fraction | training scans | validation acc | validation macro F1 |")
         a("| ---: | ---: | ---: | ---: |")
@@ -237,33 +317,55 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
         a("")
         a(candidates["note"] + " From `benchmarks/v2_candidates.json`:")
         a("")
-        a("| recipe | validation acc / bal. | test-v3 acc / bal. | test-v3 urgent sens. / spec. | test+val acc / bal. |")
+        a(
+            "| recipe | validation acc / bal. | test-v3 acc / bal. | test-v3 urgent sens. / spec. | test+val acc / bal. |"
+        )
         a("| --- | --- | --- | --- | --- |")
         for name, r in candidates["candidates"].items():
             v, t, tv = r["validation"], r["test_v3"], r["test_val"]
-            a(f"| {name} | {_f(v['accuracy'])} / {_f(v['balanced_accuracy'])} | {_f(t['accuracy'])} / {_f(t['balanced_accuracy'])} | "
-              f"{_f(t['urgent_sensitivity'])} / {_f(t['urgent_specificity'])} | {_f(tv['accuracy'])} / {_f(tv['balanced_accuracy'])} |")
+            a(
+                f"| {name} | {_f(v['accuracy'])} / {_f(v['balanced_accuracy'])} | {_f(t['accuracy'])} / {_f(t['balanced_accuracy'])} | "
+                f"{_f(t['urgent_sensitivity'])} / {_f(t['urgent_specificity'])} | {_f(tv['accuracy'])} / {_f(tv['balanced_accuracy'])} |"
+            )
         a("")
     a("## What limits it, and what would help")
     a("")
     t = ev.get("test_v3", {})
-    a(f"The targets (accuracy >= 0.966, macro recall >= 0.95, urgent sensitivity >= 0.97 on test-v3) are "
-      f"{'met' if t.get('accuracy', 0) >= 0.966 else 'not met'}: accuracy {_f(t.get('accuracy'))}, macro recall {_f(t.get('balanced_accuracy'))}, "
-      f"urgent sensitivity {_f((t.get('referral') or {}).get('urgent_sensitivity'))}. The evidence on what limits it:")
+    a(
+        f"The targets (accuracy >= 0.966, macro recall >= 0.95, urgent sensitivity >= 0.97 on test-v3) are "
+        f"{'met' if t.get('accuracy', 0) >= 0.966 else 'not met'}: accuracy {_f(t.get('accuracy'))}, macro recall {_f(t.get('balanced_accuracy'))}, "
+        f"urgent sensitivity {_f((t.get('referral') or {}).get('urgent_sensitivity'))}. The evidence on what limits it:"
+    )
     a("")
-    a("* **Width shift.** On test-v3 the typical error is DRUSEN called CNV and NORMAL called DME/DRUSEN, on 1024-px scans, a width")
-    a("  with no training scan; the 52 test-v3 scans 1536 px wide (a width that is in training) score higher (table above), and")
-    a("  the report-only test+val scans (512/768 px) score far higher. The width experiment shows augmentation recovers much but")
-    a("  not all of a width shift. What would help most: training scans at 1024 px (any labelled 1024-px Spectralis scans).")
-    a("* **Data size.** The learning curve still rises from half to all of the training scans, so more DME/DRUSEN patients would help;")
-    a("  the literature's 96-99 % comes from ~108,000 training scans and ImageNet-pretrained networks (not downloadable here).")
-    a("* **Small validation set** (92 scans of held-out patients): selection and calibration rest on it; one scan moves a recall by 3 points.")
+    a(
+        "* **Width shift.** On test-v3 the typical error is DRUSEN called CNV and NORMAL called DME/DRUSEN, on 1024-px scans, a width"
+    )
+    a(
+        "  with no training scan; the 52 test-v3 scans 1536 px wide (a width that is in training) score higher (table above), and"
+    )
+    a(
+        "  the report-only test+val scans (512/768 px) score far higher. The width experiment shows augmentation recovers much but"
+    )
+    a(
+        "  not all of a width shift. What would help most: training scans at 1024 px (any labelled 1024-px Spectralis scans)."
+    )
+    a(
+        "* **Data size.** The learning curve still rises from half to all of the training scans, so more DME/DRUSEN patients would help;"
+    )
+    a(
+        "  the literature's 96-99 % comes from ~108,000 training scans and ImageNet-pretrained networks (not downloadable here)."
+    )
+    a(
+        "* **Small validation set** (92 scans of held-out patients): selection and calibration rest on it; one scan moves a recall by 3 points."
+    )
     a("")
     a("## Training")
     a("")
-    a(f"AdamW (lr {s['lr']}, weight decay {s['weight_decay']}), one-cycle schedule, {s['epochs']} epochs, batch {s['batch_size']}, "
-      f"label smoothing {s['label_smoothing']}, class-balanced sampling; the epoch with the best validation macro F1 is kept "
-      f"(**epoch {s['best_epoch']}**). Curves: [`training_curves.png`](training_curves.png).")
+    a(
+        f"AdamW (lr {s['lr']}, weight decay {s['weight_decay']}), one-cycle schedule, {s['epochs']} epochs, batch {s['batch_size']}, "
+        f"label smoothing {s['label_smoothing']}, class-balanced sampling; the epoch with the best validation macro F1 is kept "
+        f"(**epoch {s['best_epoch']}**). Curves: [`training_curves.png`](training_curves.png)."
+    )
     a("")
     a("![training curves](training_curves.png)")
     a("")
@@ -271,8 +373,10 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     if sp_:
         a("## Speed")
         a("")
-        a(f"ONNX Runtime CPU, batch {sp_['batch_size']}, {sp_['threads']} threads, {sp_.get('process', '')} process: "
-          f"**{sp_['img_per_s_median']:,.0f} img/s** median ({sp_['ms_per_batch_median']} ms per batch; best {sp_['img_per_s_best']:,.0f}).")
+        a(
+            f"ONNX Runtime CPU, batch {sp_['batch_size']}, {sp_['threads']} threads, {sp_.get('process', '')} process: "
+            f"**{sp_['img_per_s_median']:,.0f} img/s** median ({sp_['ms_per_batch_median']} ms per batch; best {sp_['img_per_s_best']:,.0f})."
+        )
         a("")
     a("## Reproduce")
     a("")
@@ -289,17 +393,25 @@ def render_card(metrics: dict, *, width: dict | None = None, sizes: dict | None 
     a("## What this model is not fit for")
     a("")
     a("* **Not a medical device, not for diagnosis** or any clinical use, and not validated in any clinical sense.")
-    a("* **One device**: Heidelberg Spectralis B-scans as exported in the Kermany dataset (8-bit JPEG). Other devices, other")
-    a("  export pipelines, en-face images and other pathologies are out of scope; the model always answers one of four classes")
+    a(
+        "* **One device**: Heidelberg Spectralis B-scans as exported in the Kermany dataset (8-bit JPEG). Other devices, other"
+    )
+    a(
+        "  export pipelines, en-face images and other pathologies are out of scope; the model always answers one of four classes"
+    )
     a("  (octbatch's gate flags images that do not look like B-scans).")
-    a("* **Duplicates and overlap**: the sample comes from public GitHub copies; most CNV/NORMAL scans have no patient id,")
+    a(
+        "* **Duplicates and overlap**: the sample comes from public GitHub copies; most CNV/NORMAL scans have no patient id,"
+    )
     a("  so a held-out patient may still have other scans of their eye on the training side under a renamed file.")
     a("* **Width shift**: the official test scans are 1024 px wide and no training scan is; read the per-width tables.")
     return "\n".join(L) + "\n"
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m octbatch.train_card", description="Render the model card from metrics.json.")
+    ap = argparse.ArgumentParser(
+        prog="python -m octbatch.train_card", description="Render the model card from metrics.json."
+    )
     ap.add_argument("metrics")
     ap.add_argument("--width")
     ap.add_argument("--sizes")
@@ -308,8 +420,16 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     load = lambda p: json.loads(Path(p).read_text()) if p else None  # noqa: E731
-    Path(a.out).write_text(render_card(load(a.metrics), width=load(a.width), sizes=load(a.sizes), curve=load(a.curve),
-                                            candidates=load(a.candidates)), encoding="utf-8")
+    Path(a.out).write_text(
+        render_card(
+            load(a.metrics),
+            width=load(a.width),
+            sizes=load(a.sizes),
+            curve=load(a.curve),
+            candidates=load(a.candidates),
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

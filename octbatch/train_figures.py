@@ -5,7 +5,7 @@ predictions. The confusion matrices are ``octbatch.train.draw_confusion_png``.""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,8 +39,12 @@ def _panel(d, box, series: dict, title: str, ylim: tuple[float, float] | None, f
         yy = y1 - (y1 - y0) * k / 4
         d.line([(x0, yy), (x1, yy)], fill=(225, 225, 225))
         d.text((x0 - 44, yy - 7), f"{v:.2f}", fill="black", font=small)
-    for name, (color, ys) in series.items():
-        pts = [(x0 + (x1 - x0) * (i / max(1, n - 1)), y1 - (y1 - y0) * (v - lo) / (hi - lo)) for i, v in enumerate(ys) if v is not None]
+    for _name, (color, ys) in series.items():
+        pts = [
+            (x0 + (x1 - x0) * (i / max(1, n - 1)), y1 - (y1 - y0) * (v - lo) / (hi - lo))
+            for i, v in enumerate(ys)
+            if v is not None
+        ]
         if len(pts) > 1:
             d.line(pts, fill=color, width=2)
     d.text((x0, y1 + 6), "epoch 1", fill="black", font=small)
@@ -58,9 +62,28 @@ def draw_curves_png(history: Sequence[dict], path: str | os.PathLike, *, best_ep
     d = ImageDraw.Draw(im)
     get = lambda k: [h.get(k) for h in history]  # noqa: E731
     boxes = [(70, 50, 470, 370), (570, 50, 970, 370)]
-    _panel(d, boxes[0], {"train loss": ((30, 90, 200), get("train_loss")), "validation loss": ((220, 60, 30), get("val_loss"))}, "loss (cross-entropy)", None, font, small)
-    _panel(d, boxes[1], {"train accuracy": ((30, 90, 200), get("train_accuracy")), "validation accuracy": ((220, 60, 30), get("val_accuracy")),
-                         "val macro F1": ((40, 150, 60), get("val_macro_f1"))}, "accuracy", (0.0, 1.0), font, small)
+    _panel(
+        d,
+        boxes[0],
+        {"train loss": ((30, 90, 200), get("train_loss")), "validation loss": ((220, 60, 30), get("val_loss"))},
+        "loss (cross-entropy)",
+        None,
+        font,
+        small,
+    )
+    _panel(
+        d,
+        boxes[1],
+        {
+            "train accuracy": ((30, 90, 200), get("train_accuracy")),
+            "validation accuracy": ((220, 60, 30), get("val_accuracy")),
+            "val macro F1": ((40, 150, 60), get("val_macro_f1")),
+        },
+        "accuracy",
+        (0.0, 1.0),
+        font,
+        small,
+    )
     if best_epoch and len(history) > 1:
         for x0, y0, x1, y1 in boxes:
             x = x0 + (x1 - x0) * (best_epoch - 1) / (len(history) - 1)
@@ -100,7 +123,9 @@ def draw_reliability_png(curves: dict, path: str | os.PathLike, *, title: str = 
     im.save(path)
 
 
-def draw_samples_png(items: Sequence[dict], path: str | os.PathLike, *, title: str = "", columns: int = 6, thumb: int = 150) -> None:
+def draw_samples_png(
+    items: Sequence[dict], path: str | os.PathLike, *, title: str = "", columns: int = 6, thumb: int = 150
+) -> None:
     """A grid of scans with true/predicted class and confidence. ``items``: dicts with ``image``
     (uint8 HxW), ``true``, ``pred``, ``confidence``, optional ``note``; mistakes are framed red."""
     from PIL import Image, ImageDraw
@@ -116,9 +141,16 @@ def draw_samples_png(items: Sequence[dict], path: str | os.PathLike, *, title: s
         tile = Image.fromarray(np.asarray(it["image"], np.uint8), "L").resize((thumb, thumb))
         im.paste(tile.convert("RGB"), (x, y))
         ok = it["true"] == it["pred"]
-        d.rectangle((x - 2, y - 2, x + thumb + 1, y + thumb + 1), outline=(40, 150, 60) if ok else (220, 30, 30), width=3)
+        d.rectangle(
+            (x - 2, y - 2, x + thumb + 1, y + thumb + 1), outline=(40, 150, 60) if ok else (220, 30, 30), width=3
+        )
         d.text((x, y + thumb + 4), f"true {it['true']}", fill="black", font=small)
-        d.text((x, y + thumb + 19), f"pred {it['pred']} {it['confidence']:.2f}", fill="black" if ok else (200, 20, 20), font=small)
+        d.text(
+            (x, y + thumb + 19),
+            f"pred {it['pred']} {it['confidence']:.2f}",
+            fill="black" if ok else (200, 20, 20),
+            font=small,
+        )
         if it.get("note"):
             d.text((x, y + thumb + 34), str(it["note"])[:24], fill=(90, 90, 90), font=small)
     im.save(path)

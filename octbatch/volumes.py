@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,19 +44,26 @@ class VolumeRule:
     min_prob: float = 0.0
 
     @classmethod
-    def from_options(cls, classes: Sequence[str], *, referral: Sequence[str] = (), min_frames: int = 1, min_prob: float = 0.0) -> "VolumeRule":
+    def from_options(
+        cls, classes: Sequence[str], *, referral: Sequence[str] = (), min_frames: int = 1, min_prob: float = 0.0
+    ) -> VolumeRule:
         """Defaults for the classes it knows, overridden by CLASS=LEVEL items; every class must get a level."""
         levels = {c: DEFAULT_REFERRAL[c] for c in classes if c in DEFAULT_REFERRAL}
         for item in referral:
             for part in (p for p in str(item).split(",") if p):
                 name, sep, level = part.partition("=")
                 if not sep or level.strip() not in REFERRAL_LEVELS:
-                    raise OctbatchError(f"--referral {part!r} is not CLASS=LEVEL", f"Give e.g. --referral CNV=urgent; levels: {', '.join(REFERRAL_LEVELS)}.")
+                    raise OctbatchError(
+                        f"--referral {part!r} is not CLASS=LEVEL",
+                        f"Give e.g. --referral CNV=urgent; levels: {', '.join(REFERRAL_LEVELS)}.",
+                    )
                 levels[name.strip()] = level.strip()
         missing = [c for c in classes if c not in levels]
         if missing:
-            raise OctbatchError(f"no referral level for class(es) {', '.join(missing)}",
-                                f"Give one with --referral CLASS=LEVEL (levels: {', '.join(REFERRAL_LEVELS)}).")
+            raise OctbatchError(
+                f"no referral level for class(es) {', '.join(missing)}",
+                f"Give one with --referral CLASS=LEVEL (levels: {', '.join(REFERRAL_LEVELS)}).",
+            )
         if min_frames < 1:
             raise OctbatchError("--min-frames must be at least 1", "A finding needs at least one frame.")
         if not 0.0 <= min_prob <= 1.0:
@@ -64,8 +71,12 @@ class VolumeRule:
         return cls({c: levels[c] for c in classes}, int(min_frames), float(min_prob))
 
     def to_dict(self) -> dict:
-        return {"referral": self.referral, "min_frames": self.min_frames, "min_prob": self.min_prob,
-                "rule": "worst class with >= min_frames frames predicted at confidence >= min_prob; levels urgent > routine > observation"}
+        return {
+            "referral": self.referral,
+            "min_frames": self.min_frames,
+            "min_prob": self.min_prob,
+            "rule": "worst class with >= min_frames frames predicted at confidence >= min_prob; levels urgent > routine > observation",
+        }
 
 
 _FIRST = ("patient_id", "study_uid", "series_uid", "laterality", "manufacturer", "model_name")
@@ -80,15 +91,22 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         md = read_metadata(results)
         t = pq.read_table(results)
     except Exception as exc:  # noqa: BLE001 - not Parquet
-        raise OctbatchError(f"{results} is not a readable Parquet file: {exc}", "Give a table written by octbatch run.") from None
+        raise OctbatchError(
+            f"{results} is not a readable Parquet file: {exc}", "Give a table written by octbatch run."
+        ) from None
     classes = list(md.get("classes") or [n[2:] for n in t.column_names if n.startswith("p_")])
     if not classes or "pred" not in t.column_names:
         raise OctbatchError(f"{results} is not an octbatch results table", "Give a table written by octbatch run.")
     rule = rule or VolumeRule.from_options(classes, **rule_options)
-    col = {n: (t.column(n).to_pylist() if n in t.column_names else [None] * t.num_rows) for n in
-           ("path", "frame", "series_uid", "patient_id", "pred", "confidence", "status", "acquired_at", *_FIRST)}
-    probs = np.stack([t.column(prob_column(c)).to_numpy(zero_copy_only=False).astype(np.float64) for c in classes], axis=1) \
-        if t.num_rows else np.zeros((0, len(classes)))
+    col = {
+        n: (t.column(n).to_pylist() if n in t.column_names else [None] * t.num_rows)
+        for n in ("path", "frame", "series_uid", "patient_id", "pred", "confidence", "status", "acquired_at", *_FIRST)
+    }
+    probs = (
+        np.stack([t.column(prob_column(c)).to_numpy(zero_copy_only=False).astype(np.float64) for c in classes], axis=1)
+        if t.num_rows
+        else np.zeros((0, len(classes)))
+    )
 
     groups: dict[tuple[str, str], list[int]] = {}
     for i in range(t.num_rows):
@@ -103,8 +121,23 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         groups.setdefault(key, []).append(i)
 
     order = {lvl: k for k, lvl in enumerate(REFERRAL_LEVELS)}
-    out: dict[str, list] = {k: [] for k in ("volume_id", "kind", "first_path", "n_files", "n_frames", "n_ok", "n_error",
-                                            "n_abnormal", "worst", "referral", "acquired_at", *_FIRST)}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "volume_id",
+            "kind",
+            "first_path",
+            "n_files",
+            "n_frames",
+            "n_ok",
+            "n_error",
+            "n_abnormal",
+            "worst",
+            "referral",
+            "acquired_at",
+            *_FIRST,
+        )
+    }
     pmax = {c: [] for c in classes}
     pmean = {c: [] for c in classes}
     counts = {c: [] for c in classes}
@@ -119,7 +152,9 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         worst = referral = None
         if ok:
             if found:
-                worst = min(found, key=lambda c: (order[rule.referral[c]], -strong[c], -float(p[:, classes.index(c)].max())))
+                worst = min(
+                    found, key=lambda c: (order[rule.referral[c]], -strong[c], -float(p[:, classes.index(c)].max()))
+                )
                 referral = rule.referral[worst]
             else:
                 obs = [c for c in classes if rule.referral[c] == "observation"]
@@ -146,27 +181,46 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
             counts[c].append(n_by[c])
 
     fields = [
-        pa.field("volume_id", pa.string(), nullable=False), pa.field("kind", pa.string()), pa.field("first_path", pa.string()),
-        pa.field("n_files", pa.int32()), pa.field("n_frames", pa.int32()), pa.field("n_ok", pa.int32()), pa.field("n_error", pa.int32()),
-        pa.field("n_abnormal", pa.int32()), pa.field("worst", pa.string()), pa.field("referral", pa.string()),
+        pa.field("volume_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("first_path", pa.string()),
+        pa.field("n_files", pa.int32()),
+        pa.field("n_frames", pa.int32()),
+        pa.field("n_ok", pa.int32()),
+        pa.field("n_error", pa.int32()),
+        pa.field("n_abnormal", pa.int32()),
+        pa.field("worst", pa.string()),
+        pa.field("referral", pa.string()),
         *[pa.field(f"n_{c}", pa.int32()) for c in classes],
         *[pa.field(f"pmax_{c}", pa.float32()) for c in classes],
         *[pa.field(f"pmean_{c}", pa.float32()) for c in classes],
         pa.field("acquired_at", pa.timestamp("us")),
         *[pa.field(k, pa.string()) for k in _FIRST],
     ]
-    meta = {"source": os.path.basename(results), "classes": classes, "volume_rule": rule.to_dict(),
-            "phi": md.get("phi"), "model_sha256": md.get("model_sha256"), "octbatch_version": md.get("octbatch_version")}
+    meta = {
+        "source": os.path.basename(results),
+        "classes": classes,
+        "volume_rule": rule.to_dict(),
+        "phi": md.get("phi"),
+        "model_sha256": md.get("model_sha256"),
+        "octbatch_version": md.get("octbatch_version"),
+    }
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    data = {**out, **{f"n_{c}": counts[c] for c in classes}, **{f"pmax_{c}": pmax[c] for c in classes},
-            **{f"pmean_{c}": pmean[c] for c in classes}}
+    data = {
+        **out,
+        **{f"n_{c}": counts[c] for c in classes},
+        **{f"pmax_{c}": pmax[c] for c in classes},
+        **{f"pmean_{c}": pmean[c] for c in classes},
+    }
     return pa.Table.from_pydict({f.name: data[f.name] for f in fields}, schema=schema)
 
 
 def write_volumes(results: str, out: str, rule: VolumeRule | None = None, **rule_options) -> int:
     """Write the per-volume table of `results` to `out` (atomically). Returns its rows."""
     if os.path.abspath(out) == os.path.abspath(results):
-        raise OctbatchError("the volumes table would overwrite the results table", "Give another file, e.g. --volumes volumes.parquet.")
+        raise OctbatchError(
+            "the volumes table would overwrite the results table", "Give another file, e.g. --volumes volumes.parquet."
+        )
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     t = volume_table(results, rule, **rule_options)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -69,8 +69,12 @@ class ShardWorker:
             configure(cfg.storage_options)  # in a Ray actor, the driver's --storage-option
         self.model = cfg.model if cfg.model is not None else load_model_info(cfg.model_path, **cfg.model_overrides)
         self.spec = self.model.preprocessing
-        self.decoder = make_decoder(cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device)
-        self.runner = make_runner(cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision).load()
+        self.decoder = make_decoder(
+            cfg.decoder, self.spec, threads=cfg.decode_threads, max_pixels=cfg.max_pixels, device=cfg.device
+        )
+        self.runner = make_runner(
+            cfg.backend, self.model, threads=cfg.infer_threads, engine_path=cfg.engine_path, precision=cfg.precision
+        ).load()
         self.gate = None
         if cfg.gate is not None and cfg.gate.enabled:
             from .gate import load_gate
@@ -131,7 +135,9 @@ class ShardWorker:
         if shard is not None and shard.entries and self._ahead is None:
             self._ahead = (shard.id, self._submit(shard.entries[: self.cfg.batch_size]))
 
-    def process(self, shard, parts_dir: str, progress: Callable[[int, int], None] | None = None, next_shard=None) -> ShardSummary:
+    def process(
+        self, shard, parts_dir: str, progress: Callable[[int, int], None] | None = None, next_shard=None
+    ) -> ShardSummary:
         """Classify every file of `shard` and commit its part file. Returns a small summary."""
         t0 = time.perf_counter()
         if self._ahead is not None and self._ahead[0] != shard.id:
@@ -146,7 +152,7 @@ class ShardWorker:
             raise
         rows = ShardRows(self.model.classes)
         bs = self.cfg.batch_size
-        batches = [shard.entries[i:i + bs] for i in range(0, len(shard.entries), bs)]
+        batches = [shard.entries[i : i + bs] for i in range(0, len(shard.entries), bs)]
         n_err = 0
         if fut is None and batches:
             fut = self._submit(batches[0])
@@ -158,7 +164,9 @@ class ShardWorker:
                 self.prefetch(next_shard)
             gate = self._gate(decoded)
             if self._device_path and hasattr(decoded, "device_rows"):
-                probs, errors = infer_device_batch(self.runner, decoded, self.spec, self._input, len(self.model.classes))
+                probs, errors = infer_device_batch(
+                    self.runner, decoded, self.spec, self._input, len(self.model.classes)
+                )
             else:
                 ok = decoded.ok
                 probs = np.zeros((len(entries), len(self.model.classes)), np.float32)
@@ -178,7 +186,8 @@ class ShardWorker:
             if progress is not None:
                 progress(len(entries), n_bad)
         table = rows_to_table(
-            rows, self.schema,
+            rows,
+            self.schema,
             model_sha256=self.model.sha256,
             backend=self.runner.name,
             precision=self.runner.precision,
@@ -188,8 +197,17 @@ class ShardWorker:
         part = write_part(table, parts_dir, shard.id)
         self._shards_done += 1
         statuses = rows.cols["status"]
-        return ShardSummary(shard.id, len(rows), len(rows) - n_err, n_err, time.perf_counter() - t0, part, self.name,
-                            suspect=statuses.count("suspect"), not_oct=statuses.count("not_oct"))
+        return ShardSummary(
+            shard.id,
+            len(rows),
+            len(rows) - n_err,
+            n_err,
+            time.perf_counter() - t0,
+            part,
+            self.name,
+            suspect=statuses.count("suspect"),
+            not_oct=statuses.count("not_oct"),
+        )
 
     def _gate(self, decoded):
         """(scores, reasons, mode) of the OCT gate for a decoded batch, or None when the gate is off.
@@ -220,7 +238,7 @@ class ShardWorker:
         if self.gate is not None:
             self.gate.close()
 
-    def __enter__(self) -> "ShardWorker":
+    def __enter__(self) -> ShardWorker:
         return self
 
     def __exit__(self, *exc) -> None:

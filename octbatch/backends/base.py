@@ -33,7 +33,7 @@ class Runner:
         self.threads = threads
         self._loaded = False
 
-    def load(self) -> "Runner":
+    def load(self) -> Runner:
         if not self._loaded:
             self._load()
             self._loaded = True
@@ -55,7 +55,7 @@ class Runner:
             self._close()
             self._loaded = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self.load()
 
     def __exit__(self, *exc) -> None:

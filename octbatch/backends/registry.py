@@ -18,6 +18,9 @@ def make_runner(backend: str, model, *, threads: int = 0, engine_path: str | Non
         from .tensorrt import TensorRTRunner
 
         if engine_path is None:
-            raise OctbatchError("the tensorrt backend runs a built engine", "Build one with octbatch build-engine MODEL.onnx --backend tensorrt, then pass --engine PATH.")
+            raise OctbatchError(
+                "the tensorrt backend runs a built engine",
+                "Build one with octbatch build-engine MODEL.onnx --backend tensorrt, then pass --engine PATH.",
+            )
         return TensorRTRunner(model, engine_path=engine_path, precision=precision)
     raise OctbatchError(f"unknown backend {backend!r}", f"Use one of {', '.join(BACKENDS)}.")

@@ -12,7 +12,7 @@ feed, guard) lives in ``octbatch.engines``.
 from __future__ import annotations
 
 import importlib
-import os
+
 import numpy as np
 
 from .._deps import require
@@ -36,7 +36,10 @@ def _cudart():
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise OctbatchError("cuda-python is installed but has neither cuda.bindings.runtime nor cuda.cudart", "Install a current release: pip install -U cuda-python.")
+    raise OctbatchError(
+        "cuda-python is installed but has neither cuda.bindings.runtime nor cuda.cudart",
+        "Install a current release: pip install -U cuda-python.",
+    )
 
 
 def _check(result):
@@ -71,6 +74,7 @@ def cuda_facts(device: int = 0) -> dict:
 
 # --------------------------------------------------------------------------- run
 
+
 class TensorRTRunner(Runner):
     """Runs a serialized engine. Device buffers are allocated once for the profile's max batch;
     a smaller (last) batch only changes the input shape."""
@@ -103,13 +107,18 @@ class TensorRTRunner(Runner):
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise OctbatchError(f"engine has {len(inputs)} inputs and {len(outputs)} outputs", "octbatch runs classifiers with one input and one output.")
+            raise OctbatchError(
+                f"engine has {len(inputs)} inputs and {len(outputs)} outputs",
+                "octbatch runs classifiers with one input and one output.",
+            )
         self._in, self._out = inputs[0], outputs[0]
         for name in (self._in, self._out):
             dtype = self._engine.get_tensor_dtype(name)
             if dtype != trt.DataType.FLOAT:
-                raise OctbatchError(f"engine tensor {name!r} is {dtype}, octbatch feeds and reads float32",
-                                    "Build the engine with octbatch build-engine (it keeps inputs and outputs fp32).")
+                raise OctbatchError(
+                    f"engine tensor {name!r} is {dtype}, octbatch feeds and reads float32",
+                    "Build the engine with octbatch build-engine (it keeps inputs and outputs fp32).",
+                )
         # (min, opt, max) shapes of profile 0; buffers are sized for max.
         _, _, max_shape = self._engine.get_tensor_profile_shape(self._in, 0)
         self.max_batch = int(max_shape[0])
@@ -134,7 +143,11 @@ class TensorRTRunner(Runner):
         if not self._context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         out = self._out_host[:n]
-        _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._d_out, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+        _check(
+            cudart.cudaMemcpyAsync(
+                out.ctypes.data, self._d_out, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream
+            )
+        )
         _check(cudart.cudaStreamSynchronize(stream))
         return out.copy()
 
@@ -144,7 +157,15 @@ class TensorRTRunner(Runner):
         parts = []
         for start in range(0, batch.shape[0], self.max_batch):
             chunk = batch[start : start + self.max_batch]
-            _check(cudart.cudaMemcpyAsync(self._d_in, chunk.ctypes.data, chunk.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
+            _check(
+                cudart.cudaMemcpyAsync(
+                    self._d_in,
+                    chunk.ctypes.data,
+                    chunk.nbytes,
+                    cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    self._stream,
+                )
+            )
             parts.append(self._run(self._d_in, chunk.shape[0], self._stream))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -157,8 +178,10 @@ class TensorRTRunner(Runner):
             return np.empty((0, self._classes), np.float32)
         stream = self._stream if stream is None else stream
         # Batches over the profile's maximum run in profile-sized slices of the same device buffer.
-        parts = [self._run(int(input_ptr) + start * self._row_bytes, min(self.max_batch, n - start), stream)
-                 for start in range(0, n, self.max_batch)]
+        parts = [
+            self._run(int(input_ptr) + start * self._row_bytes, min(self.max_batch, n - start), stream)
+            for start in range(0, n, self.max_batch)
+        ]
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         # Same output contract as Runner.infer(): softmax for logits models.
         from .base import _looks_like_probs, softmax

@@ -13,8 +13,8 @@ parity tests and the naive baseline.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 
@@ -153,7 +153,9 @@ class _ThreadedDecoder:
         self.spec = spec
         self.max_pixels = max_pixels
         self.threads = max(1, int(threads))
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"octbatch-{self.name}") if self.threads > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix=f"octbatch-{self.name}") if self.threads > 1 else None
+        )
         try:
             import cv2
 

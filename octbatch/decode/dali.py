@@ -31,9 +31,9 @@ import ctypes
 import functools
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,8 +83,17 @@ def gpu_available() -> bool:
     return is_available("nvidia.dali")
 
 
-def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads: int, device_id: int = 0,
-                   output: str = "uint8", hw_decoder_load: float = 0.75, with_uint8: bool = False):
+def build_pipeline(
+    spec: Preprocessing,
+    *,
+    device: str,
+    batch_size: int,
+    threads: int,
+    device_id: int = 0,
+    output: str = "uint8",
+    hw_decoder_load: float = 0.75,
+    with_uint8: bool = False,
+):
     """The one DALI pipeline octbatch uses, on `device` "cpu" (device_id=None, CPU operators) or "gpu"
     (mixed decode, GPU resize/normalise). Inputs (external_source, fed per run): `encoded` (bytes),
     `roi_start` / `roi_end` ([top, left] / [bottom, right] of the crop box, float32).
@@ -103,8 +112,9 @@ def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads
     gpu = device == "gpu"
     # prefetch_queue_depth=1: inputs are fed with run(**inputs), which DALI allows only without a
     # prefetch queue; overlap comes from the worker's prefetch thread instead.
-    pipe = Pipeline(batch_size=batch_size, num_threads=max(1, threads), device_id=device_id if gpu else None,
-                    prefetch_queue_depth=1)
+    pipe = Pipeline(
+        batch_size=batch_size, num_threads=max(1, threads), device_id=device_id if gpu else None, prefetch_queue_depth=1
+    )
     with pipe:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
@@ -113,16 +123,27 @@ def build_pipeline(spec: Preprocessing, *, device: str, batch_size: int, threads
             images = fn.decoders.image(encoded, device="mixed", output_type=types.GRAY, hw_decoder_load=hw_decoder_load)
         else:
             images = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
-        images = fn.resize(images, size=[spec.height, spec.width], roi_start=roi_start, roi_end=roi_end,
-                           interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.resize(
+            images,
+            size=[spec.height, spec.width],
+            roi_start=roi_start,
+            roi_end=roi_end,
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
         gray_u8 = images
         if output == "float":
             if spec.channels == 3:
                 images = fn.cat(images, images, images, axis=2)
             mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,)) * 255.0
             std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,)) * 255.0
-            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                              mean=[float(m) for m in mean], std=[float(s) for s in std])
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                mean=[float(m) for m in mean],
+                std=[float(s) for s in std],
+            )
         elif output != "uint8":
             raise ValueError(f"output must be 'uint8' or 'float', not {output!r}")
         if output == "float" and with_uint8:
@@ -189,8 +210,17 @@ class DaliDecoder:
 
     name = "dali"
 
-    def __init__(self, spec: Preprocessing, *, threads: int = 2, max_pixels: int = 64_000_000, device: str = "cpu",
-                 batch_size: int = 64, device_id: int = 0, hw_decoder_load: float | None = None):
+    def __init__(
+        self,
+        spec: Preprocessing,
+        *,
+        threads: int = 2,
+        max_pixels: int = 64_000_000,
+        device: str = "cpu",
+        batch_size: int = 64,
+        device_id: int = 0,
+        hw_decoder_load: float | None = None,
+    ):
         from .._deps import require
         from ..errors import OctbatchError
 
@@ -200,8 +230,10 @@ class DaliDecoder:
             raise OctbatchError(f"unknown DALI device {device!r}", f"Use one of auto, {', '.join(DEVICES)}.")
         require("nvidia.dali", purpose="--decoder dali")
         if device == "gpu" and cuda_device_count() < 1:
-            raise OctbatchError("the DALI GPU decoder needs a CUDA GPU and none is visible",
-                                "Run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --decoder cpu.")
+            raise OctbatchError(
+                "the DALI GPU decoder needs a CUDA GPU and none is visible",
+                "Run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), or use --decoder cpu.",
+            )
         self.spec = spec
         self.device = device
         self.threads = max(1, int(threads))
@@ -211,7 +243,9 @@ class DaliDecoder:
         env_load = os.environ.get("OCTBATCH_DALI_HW_DECODER_LOAD")
         self.hw_decoder_load = float(hw_decoder_load if hw_decoder_load is not None else env_load or 0.75)
         # Reading and header parsing are I/O plus microseconds of CPU: a small pool hides file latency.
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-dali-read") if self.threads > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-dali-read") if self.threads > 1 else None
+        )
         self._host_slot = _Slot()
         # Two device-output pipelines used in turn: batch k's output stays valid (its slot is locked
         # until release) while the other pipeline decodes batch k+1 and the consumer runs batch k.
@@ -220,7 +254,15 @@ class DaliDecoder:
         # Set by the worker when the OCT gate is on: decode_batch_device then also copies the uint8
         # images (input_size, one byte per pixel) to the host for the gate, beside the device tensor.
         self.gate_images = False
-        self.stats = {"dali_files": 0, "cpu_files": 0, "failed_runs": 0, "recovered_files": 0, "rebuilds": 0, "builds": 0, "not_dense": 0}
+        self.stats = {
+            "dali_files": 0,
+            "cpu_files": 0,
+            "failed_runs": 0,
+            "recovered_files": 0,
+            "rebuilds": 0,
+            "builds": 0,
+            "not_dense": 0,
+        }
         # Build the host pipeline now so a broken DALI install (or no GPU for "mixed") fails here, at start.
         self._pipe(self._host_slot, "uint8", self.batch_size)
 
@@ -232,12 +274,21 @@ class DaliDecoder:
             slot.pipe = None
             size = max(n, self.batch_size, slot.batch_size)
             try:
-                slot.pipe = build_pipeline(self.spec, device=self.device, batch_size=size, threads=self.threads,
-                                           device_id=self.device_id, output=output, hw_decoder_load=self.hw_decoder_load,
-                                           with_uint8=output == "float" and self.gate_images)
+                slot.pipe = build_pipeline(
+                    self.spec,
+                    device=self.device,
+                    batch_size=size,
+                    threads=self.threads,
+                    device_id=self.device_id,
+                    output=output,
+                    hw_decoder_load=self.hw_decoder_load,
+                    with_uint8=output == "float" and self.gate_images,
+                )
             except RuntimeError as exc:
-                raise OctbatchError(f"could not build the DALI {self.device} pipeline: {str(exc).strip().splitlines()[0][:300]}",
-                                    "Check the DALI install (pip install 'octbatch[dali]') and, for the GPU decoder, the NVIDIA driver; or use --decoder cpu.") from exc
+                raise OctbatchError(
+                    f"could not build the DALI {self.device} pipeline: {str(exc).strip().splitlines()[0][:300]}",
+                    "Check the DALI install (pip install 'octbatch[dali]') and, for the GPU decoder, the NVIDIA driver; or use --decoder cpu.",
+                ) from exc
             slot.batch_size = size
             self.stats["builds"] += 1
         return slot.pipe
@@ -255,7 +306,7 @@ class DaliDecoder:
         return outs[0]
 
     # -- triage --------------------------------------------------------------------------------
-    def _triage_one(self, path: str) -> "_Item":
+    def _triage_one(self, path: str) -> _Item:
         """Read one file and decide where it is decoded; raises DecodeError for a file that is bad already."""
         import simplejpeg
 
@@ -369,10 +420,22 @@ class DaliDecoder:
                     images[dali_rows] = slot.last_u8
                 gate_images = images
             if out is None or not dali_rows:
-                return DeviceBatch(len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors, gate_images=gate_images)
+                return DeviceBatch(
+                    len(paths), None, [], cpu_rows, images[cpu_rows], sizes, errors, gate_images=gate_images
+                )
             tensor = out.as_tensor()  # dense (checked in _decode): every sample has the model's shape
-            batch = DeviceBatch(len(paths), int(tensor.data_ptr()), dali_rows, cpu_rows, images[cpu_rows], sizes, errors,
-                                gate_images=gate_images, _release=slot.lock.release, _keep=(out, tensor))
+            batch = DeviceBatch(
+                len(paths),
+                int(tensor.data_ptr()),
+                dali_rows,
+                cpu_rows,
+                images[cpu_rows],
+                sizes,
+                errors,
+                gate_images=gate_images,
+                _release=slot.lock.release,
+                _keep=(out, tensor),
+            )
             handed_over = True
             return batch
         finally:
@@ -387,7 +450,7 @@ class DaliDecoder:
         for s in self._device_slots:
             s.pipe = None
 
-    def __enter__(self) -> "DaliDecoder":
+    def __enter__(self) -> DaliDecoder:
         return self
 
     def __exit__(self, *exc) -> None:

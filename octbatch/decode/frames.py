@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 
@@ -48,7 +48,9 @@ def has_frames(entries: Sequence) -> bool:
     return any(hasattr(e, "frame") for e in entries)
 
 
-def to_gray_u8(arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8, signed: bool = False) -> np.ndarray:
+def to_gray_u8(
+    arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8, signed: bool = False
+) -> np.ndarray:
     """A decoded DICOM frame (rows, cols) or (rows, cols, 3 RGB) -> uint8 grayscale."""
     import cv2
 
@@ -81,7 +83,9 @@ class FrameDecoder:
         self.spec = spec
         self.max_pixels = max_pixels
         self.threads = max(1, int(threads))
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-frames") if self.threads > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="octbatch-frames") if self.threads > 1 else None
+        )
         self._locs: dict = {}  # (path, size, mtime) -> frame locations (see _locations)
 
     def close(self) -> None:
@@ -131,14 +135,16 @@ class FrameDecoder:
                         if k < len(locs):
                             pending[i] = lambda e=entries[i], loc=locs[k]: self._read_frame(e, loc)
                         else:
-                            errors[i] = (f"frame {k} is missing from the encapsulated Pixel Data (NumberOfFrames is "
-                                         f"{info.n_frames}, the data holds {len(locs)}; truncated file?)")
+                            errors[i] = (
+                                f"frame {k} is missing from the encapsulated Pixel Data (NumberOfFrames is "
+                                f"{info.n_frames}, the data holds {len(locs)}; truncated file?)"
+                            )
                     continue
                 tasks.append(rows)
                 continue
             k = min(2 * self.threads, len(rows))
             step = -(-len(rows) // k)
-            tasks.extend(rows[j:j + step] for j in range(0, len(rows), step))
+            tasks.extend(rows[j : j + step] for j in range(0, len(rows), step))
 
         def run(rows: list[int]) -> None:
             try:
@@ -229,7 +235,7 @@ class FrameDecoder:
             if any(st not in index for st in starts):
                 return None
             bounds = [index[st] for st in starts] + [len(frags)]
-            return [frags[bounds[k]:bounds[k + 1]] for k in range(len(starts)) if bounds[k] < bounds[k + 1]]
+            return [frags[bounds[k] : bounds[k + 1]] for k in range(len(starts)) if bounds[k] < bounds[k + 1]]
         if info.n_frames == 1:
             return [frags] if frags else []
         if len(frags) <= info.n_frames:
@@ -246,7 +252,9 @@ class FrameDecoder:
         st = os.fstat(f.fileno())
         if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
             f.close()
-            raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
+            raise DecodeError(
+                "file changed since discovery (size or mtime differ); run again to classify the new version"
+            )
         return f
 
     def _read_frame(self, e, loc):
@@ -278,7 +286,9 @@ class FrameDecoder:
         with f:
             st = os.fstat(f.fileno())
             if st.st_size != e0.size or st.st_mtime_ns != e0.mtime_ns:
-                raise DecodeError("file changed since discovery (size or mtime differ); run again to classify the new version")
+                raise DecodeError(
+                    "file changed since discovery (size or mtime differ); run again to classify the new version"
+                )
             if _reads_bytes(info):  # JPEG baseline whose frames only pydicom's splitting can find
                 self._jpeg(f, info, entries, rows, images, sizes, errors, pending)
             else:
@@ -300,7 +310,9 @@ class FrameDecoder:
             a = a.reshape(info.rows, info.columns, 3)
         if info.samples == 3 and info.photometric == "YBR_FULL":
             a = a[..., 0]  # luminance
-        g = to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation))
+        g = to_gray_u8(
+            a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation)
+        )
         return _crop_resize(g, self.spec), (g.shape[1], g.shape[0])
 
     def _jpeg(self, f, info, entries, rows, images, sizes, errors, pending) -> None:
@@ -312,7 +324,9 @@ class FrameDecoder:
         f.seek(info.pixel_offset)
         got = 0
         try:
-            for k, data in enumerate(generate_frames(f, number_of_frames=info.n_frames, extended_offsets=info.extended_offsets)):
+            for k, data in enumerate(
+                generate_frames(f, number_of_frames=info.n_frames, extended_offsets=info.extended_offsets)
+            ):
                 if k in wanted:
                     got += 1
                     pending[wanted[k]] = lambda data=data, k=k: self._jpeg_frame(data, k)
@@ -325,7 +339,9 @@ class FrameDecoder:
                     errors[i] = msg
         for idx, i in wanted.items():
             if i not in pending and errors[i] is None:
-                errors[i] = f"frame {idx} is missing from the encapsulated Pixel Data (NumberOfFrames is {info.n_frames}; truncated file?)"
+                errors[i] = (
+                    f"frame {idx} is missing from the encapsulated Pixel Data (NumberOfFrames is {info.n_frames}; truncated file?)"
+                )
 
     def _jpeg_frame(self, data: bytes, k: int):
         try:
@@ -340,7 +356,12 @@ class FrameDecoder:
         signed = bool(info.pixel_representation)
         try:
             for i, a in zip(rows, iter_pixels(path, indices=idx)):
-                self._put(i, to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed), images, sizes)
+                self._put(
+                    i,
+                    to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed),
+                    images,
+                    sizes,
+                )
             return
         except Exception:  # noqa: BLE001 - find which frames fail, one by one
             pass
@@ -349,15 +370,21 @@ class FrameDecoder:
                 continue
             try:
                 a = pixel_array(path, index=entries[i].index)
-                self._put(i, to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed), images, sizes)
+                self._put(
+                    i,
+                    to_gray_u8(a, photometric=info.photometric, bits_stored=info.bits_stored, signed=signed),
+                    images,
+                    sizes,
+                )
             except Exception as exc:  # noqa: BLE001
                 errors[i] = _pydicom_message(entries[i].index, info, exc)
 
     def _tiff(self, entries, rows, images, sizes, errors) -> None:
+        import io
+
         from PIL import Image
 
         from .base import read_bytes
-        import io
 
         data = read_bytes(entries[rows[0]].abspath)
         with Image.open(io.BytesIO(data)) as im:
@@ -366,7 +393,9 @@ class FrameDecoder:
                     im.seek(entries[i].index)
                     w, h = im.size
                     if w * h > self.max_pixels:
-                        raise DecodeError(f"TIFF page {entries[i].index} is {w}x{h}, over the {self.max_pixels / 1e6:.0f} MP limit")
+                        raise DecodeError(
+                            f"TIFF page {entries[i].index} is {w}x{h}, over the {self.max_pixels / 1e6:.0f} MP limit"
+                        )
                     self._put(i, _to_gray_u8(im), images, sizes)
                 except DecodeError as exc:
                     errors[i] = str(exc)
@@ -376,7 +405,13 @@ class FrameDecoder:
 
 def _pydicom_message(index: int, info, exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    if "plugin" in text.lower() or "missing required dependencies" in text.lower() or "no pixel data decoders" in text.lower():
-        return (f"frame {index}: cannot decode transfer syntax {info.transfer_syntax}: {text} "
-                "(install the dicom extra: pip install 'octbatch[dicom]')")
+    if (
+        "plugin" in text.lower()
+        or "missing required dependencies" in text.lower()
+        or "no pixel data decoders" in text.lower()
+    ):
+        return (
+            f"frame {index}: cannot decode transfer syntax {info.transfer_syntax}: {text} "
+            "(install the dicom extra: pip install 'octbatch[dicom]')"
+        )
     return f"frame {index}: {type(exc).__name__}: {text}"

@@ -19,7 +19,9 @@ from ..errors import OctbatchError
 __all__ = ["Aggregate", "aggregate", "error_key", "CONF_BINS", "RELIABILITY_BINS", "PROVENANCE_COLUMNS"]
 
 CONF_BINS = 20  # confidence histogram bins per predicted class
-RELIABILITY_BINS = 15  # equal-width confidence bins of the reliability diagram / ECE (the usual 15, as training reports)
+RELIABILITY_BINS = (
+    15  # equal-width confidence bins of the reliability diagram / ECE (the usual 15, as training reports)
+)
 BATCH_ROWS = 65536
 PROVENANCE_COLUMNS = ("model_sha256", "backend", "precision", "decoder", "run_id")
 _REQUIRED = ("path", "status", "pred")  # path: every octbatch table has it; read only with details
@@ -74,7 +76,11 @@ class Aggregate:
             support, predicted = int(cm[i].sum()), int(cm[:, i].sum())
             p = tp / predicted if predicted else None
             r = tp / support if support else None
-            f1 = 2 * p * r / (p + r) if p is not None and r is not None and (p + r) else (0.0 if p is not None and r is not None else None)
+            f1 = (
+                2 * p * r / (p + r)
+                if p is not None and r is not None and (p + r)
+                else (0.0 if p is not None and r is not None else None)
+            )
             out.append({"class": c, "precision": p, "recall": r, "f1": f1, "support": support, "predicted": predicted})
         return out
 
@@ -82,9 +88,15 @@ class Aggregate:
         rows = []
         for b in range(RELIABILITY_BINS):
             n = int(self.rel_count[b])
-            rows.append({"lo": b / RELIABILITY_BINS, "hi": (b + 1) / RELIABILITY_BINS, "n": n,
-                         "confidence": float(self.rel_conf[b] / n) if n else None,
-                         "accuracy": float(self.rel_correct[b] / n) if n else None})
+            rows.append(
+                {
+                    "lo": b / RELIABILITY_BINS,
+                    "hi": (b + 1) / RELIABILITY_BINS,
+                    "n": n,
+                    "confidence": float(self.rel_conf[b] / n) if n else None,
+                    "accuracy": float(self.rel_correct[b] / n) if n else None,
+                }
+            )
         return rows
 
     @property
@@ -112,15 +124,21 @@ def _open(path: str):
         pf = pq.ParquetFile(path, read_dictionary=[c for c in PROVENANCE_COLUMNS if c in names])
         md = read_metadata(path)
     except Exception as exc:  # noqa: BLE001
-        raise OctbatchError(f"{path} is not an octbatch results table ({exc})", "Give the file written by octbatch run --out.") from None
+        raise OctbatchError(
+            f"{path} is not an octbatch results table ({exc})", "Give the file written by octbatch run --out."
+        ) from None
     missing = [c for c in _REQUIRED if c not in names]
     if missing:
-        raise OctbatchError(f"{path} is not an octbatch results table (no column {', '.join(missing)})",
-                            "Give the file written by octbatch run --out.")
+        raise OctbatchError(
+            f"{path} is not an octbatch results table (no column {', '.join(missing)})",
+            "Give the file written by octbatch run --out.",
+        )
     return pf, names, md
 
 
-def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, top: int = 12, batch_rows: int = BATCH_ROWS) -> Aggregate:
+def aggregate(
+    path: str, *, details: bool = True, samples_per_class: int = 4, top: int = 12, batch_rows: int = BATCH_ROWS
+) -> Aggregate:
     """Stream the table at ``path`` once, ``batch_rows`` rows at a time (what bounds memory).
 
     ``details=False`` (the text summary) skips what only the HTML report shows: sample rows, patients,
@@ -132,7 +150,14 @@ def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, to
     pf, names, md = _open(path)
     classes = list(md.get("classes") or [])
     if not classes:  # a table without octbatch metadata: the model's classes are what it predicted
-        classes = sorted({v for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"]) for v in pc.unique(b.column(0)).to_pylist() if v})
+        classes = sorted(
+            {
+                v
+                for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"])
+                for v in pc.unique(b.column(0)).to_pylist()
+                if v
+            }
+        )
     k = len(classes)
     cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
     if not details:
@@ -184,14 +209,27 @@ def aggregate(path: str, *, details: bool = True, samples_per_class: int = 4, to
             rb = np.clip((c_l * RELIABILITY_BINS).astype(np.int64), 0, RELIABILITY_BINS - 1)
             a.rel_count += np.bincount(rb, minlength=RELIABILITY_BINS)
             a.rel_conf += np.bincount(rb, weights=c_l, minlength=RELIABILITY_BINS)
-            a.rel_correct += np.bincount(rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS).astype(np.int64)
+            a.rel_correct += np.bincount(
+                rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS
+            ).astype(np.int64)
         if details:
-            _add_samples(cand, ok.select([c for c in keep if c in ok.column_names]), pi, li, conf, classes, samples_per_class, top)
+            _add_samples(
+                cand,
+                ok.select([c for c in keep if c in ok.column_names]),
+                pi,
+                li,
+                conf,
+                classes,
+                samples_per_class,
+                top,
+            )
         if "patient_id" in names:
             p = ok.select(["patient_id", "pred", "confidence"]).filter(pc.is_valid(ok.column("patient_id")))
             if p.num_rows:
                 g = p.group_by(["patient_id", "pred"]).aggregate([([], "count_all"), ("confidence", "max")])
-                patient_parts.append(g.select(["patient_id", "pred", "count_all", "confidence_max"]).rename_columns(_PATIENT_COLS))
+                patient_parts.append(
+                    g.select(["patient_id", "pred", "count_all", "confidence_max"]).rename_columns(_PATIENT_COLS)
+                )
                 patient_rows += patient_parts[-1].num_rows
                 if patient_rows > 2_000_000:  # re-group the partials so memory follows patients, not row groups
                     patient_parts = [_merge_patients(patient_parts)]
@@ -217,11 +255,15 @@ def _add_errors(a: Aggregate, t) -> None:
         msg = pc.fill_null(t.column("error"), "")
     else:
         msg = pa.array([""] * t.num_rows, pa.string())
-    key = pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(pc.replace_substring_regex(msg, pattern=r"[:(].*$", replacement="")), 0, 80)
+    key = pc.utf8_slice_codeunits(
+        pc.utf8_trim_whitespace(pc.replace_substring_regex(msg, pattern=r"[:(].*$", replacement="")), 0, 80
+    )
     key = pc.if_else(pc.equal(key, ""), "(no message)", key)
     status = pc.fill_null(t.column("status"), "(none)")
     g = pa.table({"status": status, "key": key}).group_by(["status", "key"]).aggregate([([], "count_all")])
-    for st, kk, cnt in zip(g.column("status").to_pylist(), g.column("key").to_pylist(), g.column("count_all").to_pylist()):
+    for st, kk, cnt in zip(
+        g.column("status").to_pylist(), g.column("key").to_pylist(), g.column("count_all").to_pylist()
+    ):
         if (st, kk) not in a.errors and len(a.errors) >= _MAX_ERROR_GROUPS:
             kk = "(other messages)"
         e = a.errors.setdefault((st, kk), {"count": 0, "examples": []})

@@ -78,5 +78,8 @@ def bench_html(res: dict, folder: str | Path) -> str:
     from ..bench_report import render_markdown
     from .html import environment
 
-    return environment().get_template("bench.html.j2").render(
-        title=f"octbatch bench, {res.get('created', '')}", blocks=markdown_blocks(render_markdown(res), folder))
+    return (
+        environment()
+        .get_template("bench.html.j2")
+        .render(title=f"octbatch bench, {res.get('created', '')}", blocks=markdown_blocks(render_markdown(res), folder))
+    )

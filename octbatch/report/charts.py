@@ -12,7 +12,14 @@ import numpy as np
 
 from .._deps import require
 
-__all__ = ["png_data_uri", "figure", "predicted_bars", "confidence_histograms", "confusion_matrices", "reliability_diagram"]
+__all__ = [
+    "png_data_uri",
+    "figure",
+    "predicted_bars",
+    "confidence_histograms",
+    "confusion_matrices",
+    "reliability_diagram",
+]
 
 _BLUE, _GREY, _RED = "#3b6ea5", "#9aa5b1", "#c0504d"
 
@@ -29,15 +36,32 @@ def _text_in(labels, pt: float) -> float:
     return max((len(str(x)) for x in labels), default=1) * pt * 0.62 / 72
 
 
-def _fixed(w: float, h: float, *, left: float, right: float, top: float, bottom: float, wgap: float = 0.0,
-           hgap: float = 0.0, cols: int = 1, rows: int = 1):
+def _fixed(
+    w: float,
+    h: float,
+    *,
+    left: float,
+    right: float,
+    top: float,
+    bottom: float,
+    wgap: float = 0.0,
+    hgap: float = 0.0,
+    cols: int = 1,
+    rows: int = 1,
+):
     """A figure with margins and gaps given in inches: the report's charts have known labels, so they skip
     constrained layout (which measures every text twice and was half of the report's chart time)."""
     fig = figure(w, h, layout=None)
     aw = (w - left - right - wgap * (cols - 1)) / cols
     ah = (h - top - bottom - hgap * (rows - 1)) / rows
-    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
-                        wspace=wgap / aw if cols > 1 else 0.2, hspace=hgap / ah if rows > 1 else 0.2)
+    fig.subplots_adjust(
+        left=left / w,
+        right=1 - right / w,
+        top=1 - top / h,
+        bottom=bottom / h,
+        wspace=wgap / aw if cols > 1 else 0.2,
+        hspace=hgap / ah if rows > 1 else 0.2,
+    )
     return fig
 
 
@@ -69,8 +93,18 @@ def confidence_histograms(classes: list[str], hist: np.ndarray) -> str:
     k, bins = hist.shape
     cols = min(k, 4)
     rows = -(-k // cols)
-    fig = _fixed(2.6 * cols + 0.5, 2.1 * rows + 0.4, left=0.5, right=0.3, top=0.6, bottom=0.45, wgap=0.5, hgap=0.75,
-                 cols=cols, rows=rows)
+    fig = _fixed(
+        2.6 * cols + 0.5,
+        2.1 * rows + 0.4,
+        left=0.5,
+        right=0.3,
+        top=0.6,
+        bottom=0.45,
+        wgap=0.5,
+        hgap=0.75,
+        cols=cols,
+        rows=rows,
+    )
     edges = np.linspace(0, 1, bins + 1)
     for i, c in enumerate(classes):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -90,20 +124,43 @@ def confusion_matrices(classes: list[str], cm: np.ndarray) -> str:
     k = len(classes)
     lab = _text_in(classes, 8) + 0.45  # tick labels + the "true" axis label
     tilt = k > 4  # many classes: predicted-class labels at 30 degrees
-    fig = _fixed(2 * (0.8 * k + 1.6), 0.8 * k + 1.4, left=lab, right=0.1, top=0.3,
-                 bottom=0.6 + (0.5 * _text_in(classes, 8) if tilt else 0), wgap=lab + 0.1, cols=2)
+    fig = _fixed(
+        2 * (0.8 * k + 1.6),
+        0.8 * k + 1.4,
+        left=lab,
+        right=0.1,
+        top=0.3,
+        bottom=0.6 + (0.5 * _text_in(classes, 8) if tilt else 0),
+        wgap=lab + 0.1,
+        cols=2,
+    )
     row = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, row, out=np.zeros(cm.shape, float), where=row > 0)
-    for j, (mat, title, fmt) in enumerate(((cm, "counts", "{:,}"), (norm, "row-normalised (recall on the diagonal)", "{:.2f}"))):
+    for j, (mat, title, fmt) in enumerate(
+        ((cm, "counts", "{:,}"), (norm, "row-normalised (recall on the diagonal)", "{:.2f}"))
+    ):
         ax = fig.add_subplot(1, 2, j + 1)
         shown = mat / mat.max() if mat.max() else mat
         ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
         for a in range(k):
             for b in range(k):
-                ax.text(b, a, fmt.format(mat[a, b]), ha="center", va="center", fontsize=9,
-                        color="white" if shown[a, b] > 0.55 else "black")
-        ax.set_xticks(range(k), classes, fontsize=8, rotation=30 if tilt else 0, ha="right" if tilt else "center",
-                      rotation_mode="anchor")
+                ax.text(
+                    b,
+                    a,
+                    fmt.format(mat[a, b]),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if shown[a, b] > 0.55 else "black",
+                )
+        ax.set_xticks(
+            range(k),
+            classes,
+            fontsize=8,
+            rotation=30 if tilt else 0,
+            ha="right" if tilt else "center",
+            rotation_mode="anchor",
+        )
         ax.set_yticks(range(k), classes, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true (from the file name or folder)")
@@ -120,8 +177,17 @@ def reliability_diagram(bins: list[dict], ece: float) -> str:
     acc = np.array([b["accuracy"] for b in full])
     conf = np.array([b["confidence"] for b in full])
     ax.bar([b["lo"] for b in full], acc, width=w, align="edge", color=_BLUE, edgecolor="white", label="accuracy")
-    ax.bar([b["lo"] for b in full], conf - acc, bottom=acc, width=w, align="edge", color=_RED, alpha=0.35,
-           edgecolor=_RED, label="gap to mean confidence")
+    ax.bar(
+        [b["lo"] for b in full],
+        conf - acc,
+        bottom=acc,
+        width=w,
+        align="edge",
+        color=_RED,
+        alpha=0.35,
+        edgecolor=_RED,
+        label="gap to mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color="k", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -18,7 +18,9 @@ def write_text_atomic(path: str, text: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
     except OSError as exc:
-        raise OctbatchError(f"cannot write {path}: {exc.strerror or exc}", "Check that the folder exists and is writable.") from None
+        raise OctbatchError(
+            f"cannot write {path}: {exc.strerror or exc}", "Check that the folder exists and is writable."
+        ) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -35,5 +37,7 @@ def write_text_atomic(path: str, text: str) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise OctbatchError(f"cannot write {path}: {exc.strerror or exc}", "Check the folder's permissions and free space.") from None
+            raise OctbatchError(
+                f"cannot write {path}: {exc.strerror or exc}", "Check the folder's permissions and free space."
+            ) from None
         raise

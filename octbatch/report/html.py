@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .._deps import require
 from .aggregate import Aggregate, aggregate
@@ -18,16 +18,23 @@ from .thumbs import archive_root, thumbnail
 
 __all__ = ["write_html", "render_html", "pictures", "write_pngs", "environment", "DISCLAIMER"]
 
-DISCLAIMER = ("Not a medical device. octbatch and its shipped model are research software: the model is a small demonstration "
-              "trained on a public sample of scans. Nothing in this report is a diagnosis or a referral decision; a clinician "
-              "must read the scans.")
+DISCLAIMER = (
+    "Not a medical device. octbatch and its shipped model are research software: the model is a small demonstration "
+    "trained on a public sample of scans. Nothing in this report is a diagnosis or a referral decision; a clinician "
+    "must read the scans."
+)
 
 
 def environment():
     """The Jinja2 environment of octbatch's templates (autoescape on for every template)."""
     jinja2 = require("jinja2", purpose="the HTML report")
-    env = jinja2.Environment(loader=jinja2.PackageLoader("octbatch.report", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("octbatch.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["pct"] = lambda x, d=1: "–" if x is None else f"{100 * x:.{d}f}%"
     env.filters["num"] = lambda x, d=3: "–" if x is None else (f"{x:,}" if isinstance(x, int) else f"{x:.{d}f}")
     return env
@@ -62,23 +69,43 @@ def write_pngs(pics: dict[str, str], folder: str) -> list[str]:
             paths.append(p)
         return paths
     except OSError as exc:
-        raise OctbatchError(f"cannot write the charts to {folder}: {exc.strerror or exc}", "Give a folder you can write to.") from None
+        raise OctbatchError(
+            f"cannot write the charts to {folder}: {exc.strerror or exc}", "Give a folder you can write to."
+        ) from None
 
 
-def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, referrals=None, referrals_csv: str | None = None,
-                pics: dict[str, str] | None = None) -> str:
+def render_html(
+    a: Aggregate,
+    *,
+    archive: str | None = None,
+    top: int = 20,
+    referrals=None,
+    referrals_csv: str | None = None,
+    pics: dict[str, str] | None = None,
+) -> str:
     """The report page of aggregate ``a``; ``referrals``, ``pics``: its referral_table() and pictures() when
     already computed."""
     md = a.metadata
     known = {"ok", "error", "failed"}
-    counts = {"files": a.rows, "ok": a.ok, "unreadable": a.statuses.get("error", 0), "failed": a.statuses.get("failed", 0),
-              "other": {k: n for k, n in sorted(a.statuses.items()) if k not in known}}
+    counts = {
+        "files": a.rows,
+        "ok": a.ok,
+        "unreadable": a.statuses.get("error", 0),
+        "failed": a.statuses.get("failed", 0),
+        "other": {k: n for k, n in sorted(a.statuses.items()) if k not in known},
+    }
     pics = pictures(a) if pics is None else pics
     quality = None
     if a.labelled:
-        quality = {"labelled": a.labelled, "accuracy": a.accuracy, "ece": a.ece, "per_class": a.per_class(),
-                   "reliability": a.reliability(), "classes": a.classes,
-                   "confusion": [[int(v) for v in row] for row in a.confusion]}
+        quality = {
+            "labelled": a.labelled,
+            "accuracy": a.accuracy,
+            "ece": a.ece,
+            "per_class": a.per_class(),
+            "reliability": a.reliability(),
+            "classes": a.classes,
+            "confusion": [[int(v) for v in row] for row in a.confusion],
+        }
     root, root_note = archive_root(archive, md)
     samples = _sample_sections(a, root, top)
     ref = referrals if referrals is not None else referral_table(a.patients, a.classes)
@@ -87,7 +114,7 @@ def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, refe
     ctx = {
         "title": f"octbatch report: {os.path.basename(a.path)}",
         "results": os.path.abspath(a.path),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": _provenance(a),
         "counts": counts,
         "statuses": sorted(a.statuses.items(), key=lambda kv: -kv[1]),
@@ -96,9 +123,17 @@ def render_html(a: Aggregate, *, archive: str | None = None, top: int = 20, refe
         "has_labels": a.has_labels,
         "samples": samples,
         "thumb_note": root_note,
-        "patients": {"known": a.patients is not None, "total": ref.num_rows, "levels": {k: v for k, v in levels.items() if v},
-                     "rows": ref.slice(0, top).to_pylist(), "classes": a.classes, "csv": referrals_csv},
-        "errors": sorted(({"status": st, "key": k, **e} for (st, k), e in a.errors.items()), key=lambda e: (-e["count"], e["key"])),
+        "patients": {
+            "known": a.patients is not None,
+            "total": ref.num_rows,
+            "levels": {k: v for k, v in levels.items() if v},
+            "rows": ref.slice(0, top).to_pylist(),
+            "classes": a.classes,
+            "csv": referrals_csv,
+        },
+        "errors": sorted(
+            ({"status": st, "key": k, **e} for (st, k), e in a.errors.items()), key=lambda e: (-e["count"], e["key"])
+        ),
         "disclaimer": DISCLAIMER,
         "model_card": str(md.get("model_card") or ""),
     }
@@ -155,8 +190,17 @@ def _sample_sections(a: Aggregate, root: str | None, top: int) -> list[dict]:
             uri, why = cache.get(path, (None, ""))
             label = cols.get("label", [None] * t.num_rows)[i]
             pred = cols["pred"][i]
-            out.append({"path": path, "pred": pred, "label": label, "confidence": cols["confidence"][i], "uri": uri, "why": why,
-                        "wrong": label is not None and label in a.classes and label != pred})
+            out.append(
+                {
+                    "path": path,
+                    "pred": pred,
+                    "label": label,
+                    "confidence": cols["confidence"][i],
+                    "uri": uri,
+                    "why": why,
+                    "wrong": label is not None and label in a.classes and label != pred,
+                }
+            )
         return out
 
     sections = []
@@ -164,16 +208,28 @@ def _sample_sections(a: Aggregate, root: str | None, top: int) -> list[dict]:
     if per_class:
         sections.append({"title": "Most confident scans of each predicted class", "items": per_class})
     if a.has_labels and a.labelled:
-        sections.append({"title": "Most confident mistakes (the name or folder gives another class)",
-                         "items": items(a.samples.get("mistakes"), top), "empty": "No mistakes among the labelled scans."})
+        sections.append(
+            {
+                "title": "Most confident mistakes (the name or folder gives another class)",
+                "items": items(a.samples.get("mistakes"), top),
+                "empty": "No mistakes among the labelled scans.",
+            }
+        )
     unsure = items(a.samples.get("unsure"), top)
     if unsure:
         sections.append({"title": "Least confident predictions", "items": unsure})
     return sections
 
 
-def write_html(results: str, out: str, *, archive: str | None = None, top: int = 20, referrals_csv: str | None = None,
-               png_dir: str | None = None) -> dict:
+def write_html(
+    results: str,
+    out: str,
+    *,
+    archive: str | None = None,
+    top: int = 20,
+    referrals_csv: str | None = None,
+    png_dir: str | None = None,
+) -> dict:
     """Aggregate ``results`` and write the HTML report to ``out`` (and the referral CSV, the chart PNGs when asked).
 
     Returns {"html": out, "referrals": csv path or None, "pngs": [paths], "patients": n, "aggregate": Aggregate}.
@@ -190,5 +246,7 @@ def write_html(results: str, out: str, *, archive: str | None = None, top: int =
         write_csv(referrals_csv, ref, a.classes)
     pics = pictures(a)
     pngs = write_pngs(pics, png_dir) if png_dir else []
-    write_text_atomic(out, render_html(a, archive=archive, top=top, referrals=ref, referrals_csv=referrals_csv, pics=pics))
+    write_text_atomic(
+        out, render_html(a, archive=archive, top=top, referrals=ref, referrals_csv=referrals_csv, pics=pics)
+    )
     return {"html": out, "referrals": referrals_csv, "pngs": pngs, "patients": ref.num_rows, "aggregate": a}

@@ -34,8 +34,12 @@ def referral_table(patients, classes: list[str]):
     import pyarrow.compute as pc
 
     if patients is None or not patients.num_rows:
-        return pa.table({c: pa.array([], pa.float64() if c == "level_confidence" else pa.int64() if i > 2 else pa.string())
-                         for i, c in enumerate(_columns(classes))})
+        return pa.table(
+            {
+                c: pa.array([], pa.float64() if c == "level_confidence" else pa.int64() if i > 2 else pa.string())
+                for i, c in enumerate(_columns(classes))
+            }
+        )
     enc = pc.dictionary_encode(patients.column("patient_id")).combine_chunks()
     codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ids = enc.dictionary.to_pylist()
@@ -65,14 +69,30 @@ def referral_table(patients, classes: list[str]):
         per_class[f"n_{c}"] = np.bincount(codes[m], weights=n[m], minlength=npat).astype(np.int64)
     level_conf = np.round(level_conf, 4)
     order = np.lexsort((np.array(ids, dtype=object).astype(str), -level_conf, -level_scans, plevel))
-    t = pa.table({"patient_id": enc.dictionary, "referral": pa.array([LEVELS[v] for v in plevel], pa.string()),
-                  "worst_finding": pa.array([class_of_key[v] for v in worst], pa.string()), "level_scans": level_scans,
-                  "level_confidence": level_conf, "scans": scans, **{k: np.asarray(v, np.int64) for k, v in per_class.items()}})
+    t = pa.table(
+        {
+            "patient_id": enc.dictionary,
+            "referral": pa.array([LEVELS[v] for v in plevel], pa.string()),
+            "worst_finding": pa.array([class_of_key[v] for v in worst], pa.string()),
+            "level_scans": level_scans,
+            "level_confidence": level_conf,
+            "scans": scans,
+            **{k: np.asarray(v, np.int64) for k, v in per_class.items()},
+        }
+    )
     return t.take(pa.array(order))
 
 
 def _columns(classes):
-    return ["patient_id", "referral", "worst_finding", "level_scans", "level_confidence", "scans", *(f"n_{c}" for c in classes)]
+    return [
+        "patient_id",
+        "referral",
+        "worst_finding",
+        "level_scans",
+        "level_confidence",
+        "scans",
+        *(f"n_{c}" for c in classes),
+    ]
 
 
 def csv_text(table, classes: list[str]) -> str:

@@ -29,8 +29,12 @@ def gate_summary(path: str, statuses: dict, metadata: dict | None) -> dict:
             sub = b.filter(m)
             for p_, r in zip(sub.column(0).to_pylist(), sub.column(2).to_pylist()):
                 by_reason.setdefault(r or "flagged", []).append(p_)
-    return {"mode": ((metadata or {}).get("gate") or {}).get("mode", "off"), "suspect": statuses.get("suspect", 0),
-            "not_oct": statuses.get("not_oct", 0), "by_reason": {k: sorted(v) for k, v in by_reason.items()}}
+    return {
+        "mode": ((metadata or {}).get("gate") or {}).get("mode", "off"),
+        "suspect": statuses.get("suspect", 0),
+        "not_oct": statuses.get("not_oct", 0),
+        "by_reason": {k: sorted(v) for k, v in by_reason.items()},
+    }
 
 
 def summary_dict(a: Aggregate) -> dict:
@@ -41,13 +45,24 @@ def summary_dict(a: Aggregate) -> dict:
         errors[key] = errors.get(key, 0) + e["count"]
     predicted = {c: a.predicted.get(c, 0) for c in a.classes}
     predicted.update({c: n for c, n in a.predicted.items() if c not in predicted})
-    out = {"path": a.path, "rows": a.rows, "ok": a.ok, "not_ok": a.rows - a.ok, "statuses": dict(sorted(a.statuses.items())),
-           "errors": errors, "predicted": predicted, "classes": a.classes, "labelled": a.labelled}
+    out = {
+        "path": a.path,
+        "rows": a.rows,
+        "ok": a.ok,
+        "not_ok": a.rows - a.ok,
+        "statuses": dict(sorted(a.statuses.items())),
+        "errors": errors,
+        "predicted": predicted,
+        "classes": a.classes,
+        "labelled": a.labelled,
+    }
     out["gate"] = gate_summary(a.path, out["statuses"], a.metadata)
     out["not_ok"] -= out["gate"]["suspect"] + out["gate"]["not_oct"]
     if a.labelled:
         out["accuracy"] = a.accuracy
-        out["confusion"] = {t: {p: int(a.confusion[i, j]) for j, p in enumerate(a.classes)} for i, t in enumerate(a.classes)}
+        out["confusion"] = {
+            t: {p: int(a.confusion[i, j]) for j, p in enumerate(a.classes)} for i, t in enumerate(a.classes)
+        }
         out["recall"] = {m["class"]: m["recall"] for m in a.per_class()}
         out["per_class"] = a.per_class()
         out["ece"] = a.ece
@@ -64,19 +79,27 @@ def render_text(s: dict, max_listed: int = 20) -> str:
         lines.append(f"  error x{n}: {k}")
     g = s.get("gate") or {}
     if g.get("by_reason"):
-        lines.append(f"OCT gate ({g['mode']}): {g['suspect']} suspect, {g['not_oct']} not_oct (not counted as classified above)")
+        lines.append(
+            f"OCT gate ({g['mode']}): {g['suspect']} suspect, {g['not_oct']} not_oct (not counted as classified above)"
+        )
         for reason, paths in sorted(g["by_reason"].items(), key=lambda kv: -len(kv[1])):
             lines.append(f"  {reason} x{len(paths)}:")
             lines += [f"    {p}" for p in paths[:max_listed]]
             if len(paths) > max_listed:
                 lines.append(f"    ... and {len(paths) - max_listed} more (octbatch report --json lists them all)")
     if "accuracy" in s:
-        lines.append(f"on {s['labelled']} scans whose name or folder gives the class: accuracy {s['accuracy']:.3f}"
-                     + (f", expected calibration error {s['ece']:.3f}" if s.get("ece") is not None else ""))
+        lines.append(
+            f"on {s['labelled']} scans whose name or folder gives the class: accuracy {s['accuracy']:.3f}"
+            + (f", expected calibration error {s['ece']:.3f}" if s.get("ece") is not None else "")
+        )
         w = max(len(c) for c in s["classes"]) + 2
         lines.append("true \\ pred".ljust(w + 4) + "".join(c.rjust(w) for c in s["classes"]) + "   recall")
         for a in s["classes"]:
             r = s["recall"][a]
-            lines.append(a.ljust(w + 4) + "".join(str(s["confusion"][a][b]).rjust(w) for b in s["classes"]) + (f"   {r:.3f}" if r is not None else "   -"))
+            lines.append(
+                a.ljust(w + 4)
+                + "".join(str(s["confusion"][a][b]).rjust(w) for b in s["classes"])
+                + (f"   {r:.3f}" if r is not None else "   -")
+            )
         lines.append("(labels come from file names; this is a sanity check, not a clinical evaluation)")
     return "\n".join(lines)

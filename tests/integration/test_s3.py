@@ -1,0 +1,352 @@
+"""`octbatch run s3://bucket/prefix` against a real S3 server on loopback (issue 18).
+
+The server is moto's standalone server (tests/helpers/s3_server.py), started by the fixture and stopped after,
+with S3's credential checks on. The archive holds a few hundred scans (the real OCT2017 ones when
+present, else synthetic) and the hostile-archive files that an object store can hold. Each run is an
+`octbatch` process, configured as a user configures it: AWS_ENDPOINT_URL, AWS_REGION, AWS_* keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from octbatch._deps import is_available
+from tests.helpers.files import DATA_DIR
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (is_available("obstore") and is_available("moto") and is_available("boto3")),
+        reason="needs obstore, moto[server] and boto3 (pip install 'octbatch[s3]' 'moto[server]')",
+    ),
+]
+
+N_GOOD = 300
+SHARD = 16
+OCTBATCH = [sys.executable, "-m", "octbatch"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from tests.helpers.s3_server import moto_server
+
+    with moto_server(auth=True) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def local_archive(tmp_path_factory):
+    """Good scans + the awkward files, on disk: uploaded as they are, and the local run's input."""
+    from tests.helpers.files import make_bad_archive
+
+    root = tmp_path_factory.mktemp("s3-src") / "archive"
+    root.mkdir()
+    make_bad_archive(root, good=0 if (DATA_DIR / "manifest.csv").exists() else N_GOOD)
+    if (DATA_DIR / "manifest.csv").exists():  # real scans when present (never copied into the repo)
+        for src in sorted(DATA_DIR.rglob("*.jpeg"))[:N_GOOD]:
+            dst = root / src.relative_to(DATA_DIR)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+    # What an object store cannot hold goes: a fifo, a folder named x.jpeg, links, a non-UTF-8 name.
+    for dirpath, dirs, files in os.walk(os.fsencode(root), topdown=False):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not (os.path.isfile(p) or os.path.isdir(p)):
+                os.unlink(p)
+            elif os.path.isdir(p) and name.endswith(b".jpeg"):
+                os.rmdir(p)
+            else:
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError:
+                    os.unlink(p)
+    return root
+
+
+def objects_of(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bucket(s3, local_archive):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = s3.client()
+    c.create_bucket(Bucket="scans")
+    items = objects_of(local_archive)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda kv: c.put_object(Bucket="scans", Key="oct/" + kv[0], Body=kv[1].read_bytes()), items.items()
+            )
+        )
+    return "s3://scans/oct"
+
+
+def env_for(s3, **extra) -> dict:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return base | s3.env(**extra)
+
+
+def octbatch(args, env, timeout=300):
+    p = subprocess.run(OCTBATCH + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
+    return p.returncode, (json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}), p.stderr
+
+
+def rows_by_path(out) -> dict:
+    t = pq.read_table(out)
+    paths = t.column("path").to_pylist()
+    assert len(paths) == len(set(paths)), "duplicate rows"
+    return {r["path"]: r for r in t.to_pylist()}
+
+
+def assert_same_rows(rows: dict, expected: dict) -> None:
+    assert sorted(rows) == sorted(expected)
+    probs = [k for k in next(iter(expected.values())) if k.startswith("p_")]
+    for path, want in expected.items():
+        got = rows[path]
+        assert (got["status"], got["pred"], got["error"], got["label"], got["patient_id"], got["bytes"]) == (
+            want["status"],
+            want["pred"],
+            want["error"],
+            want["label"],
+            want["patient_id"],
+            want["bytes"],
+        ), path
+
+        def as_array(r):
+            return np.array([r[k] for k in probs], dtype=float)
+
+        np.testing.assert_allclose(as_array(got), as_array(want), rtol=0, atol=1e-6, err_msg=path)
+
+
+@pytest.fixture(scope="module")
+def local_rows(local_archive, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s3-local") / "local.parquet"
+    p = subprocess.run(
+        OCTBATCH + ["run", str(local_archive), "--out", str(out), "--model", tiny_model, "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 3, p.stderr
+    return rows_by_path(out)
+
+
+def test_s3_archive_gives_the_table_of_the_same_files_on_disk(
+    s3, bucket, local_archive, local_rows, tiny_model, tmp_path
+):
+    out = tmp_path / "from-s3.parquet"
+    code, summary, err = octbatch(["run", bucket, "--out", out, "--model", tiny_model, "--json", "-q"], env_for(s3))
+    assert code == 3, err  # the unreadable files, as on disk
+    n = len(objects_of(local_archive))
+    assert summary["discovered"] == summary["rows"] == n
+    rows = rows_by_path(out)
+    assert_same_rows(rows, local_rows)
+    assert rows["bad/empty.jpeg"]["error"] == "empty file (0 bytes)"
+    assert "decompression bomb" in rows["bad/bomb.jpeg"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) >= N_GOOD
+    assert pq.read_schema(out).metadata  # an octbatch table
+    assert json.loads(pq.read_schema(out).metadata[b"octbatch"])["archive_root"] == bucket
+
+
+def test_killed_mid_run_resumes_then_reruns_incrementally(s3, bucket, local_archive, tiny_model, tmp_path):
+    out = tmp_path / "resume.parquet"
+    args = OCTBATCH + [
+        "run",
+        bucket,
+        "--out",
+        str(out),
+        "--model",
+        tiny_model,
+        "--shard-size",
+        str(SHARD),
+        "--json",
+        "-q",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3))
+    parts = Path(str(out) + ".parts")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    committed = len(list(parts.glob("part-*.parquet")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert committed >= 3 and not out.exists()
+
+    n = len(objects_of(local_archive))
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 3, err
+    assert summary["rows"] == n and summary["skipped"] >= committed * SHARD
+    assert summary["skipped"] + summary["processed"] == n
+    first = rows_by_path(out)
+    assert len(first) == n
+
+    # The bucket changes: 20 new objects, one overwritten with other bytes, one deleted.
+    c = s3.client()
+    good = [k for k, r in first.items() if r["status"] == "ok"]
+    try:
+        check_incremental(s3, c, args, out, good, first, local_archive, n)
+    finally:  # the other tests expect the bucket as uploaded
+        for i in range(20):
+            c.delete_object(Bucket="scans", Key=f"oct/NEW/CNV-{9000 + i}-1.jpeg")
+        for k in good[1], good[3]:
+            c.put_object(Bucket="scans", Key="oct/" + k, Body=(local_archive / k).read_bytes())
+
+
+def check_incremental(s3, c, args, out, good, first, local_archive, n):
+    """20 new objects, one overwritten with other bytes, one deleted: exactly those are redone."""
+    body = (local_archive / good[0]).read_bytes()
+    for i in range(20):
+        c.put_object(Bucket="scans", Key=f"oct/NEW/CNV-{9000 + i}-1.jpeg", Body=body)
+    c.put_object(Bucket="scans", Key="oct/" + good[1], Body=(local_archive / good[2]).read_bytes())
+    c.delete_object(Bucket="scans", Key="oct/" + good[3])
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 0, err  # only readable scans were redone this time
+    assert summary["processed"] == 21  # the new and the changed objects only
+    assert summary["dropped_deleted"] == 2  # the deleted object's row and the overwritten one's old row
+    rows = rows_by_path(out)
+    assert len(rows) == summary["rows"] == n + 20 - 1
+    assert good[3] not in rows and rows["NEW/CNV-9000-1.jpeg"]["patient_id"] == "9000"
+    assert rows[good[1]]["bytes"] == len((local_archive / good[2]).read_bytes())
+    assert all(rows[k]["processed_at"] == first[k]["processed_at"] for k in good[4:])  # not redone
+
+    # Nothing changed: nothing is redone.
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 0 and summary["processed"] == 0 and summary["skipped"] == summary["rows"] == n + 19, err
+
+
+def test_wrong_credentials_and_missing_bucket_are_user_errors(s3, bucket, tiny_model, tmp_path):
+    code, _, err = octbatch(
+        ["run", bucket, "--out", tmp_path / "a.parquet", "--model", tiny_model],
+        env_for(s3, AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG1", AWS_SECRET_ACCESS_KEY="not-the-secret"),
+    )
+    assert code == 1, err
+    assert err.startswith("Error: S3 refused to list s3://scans/oct (credentials rejected or no permission: 403")
+    assert "InvalidAccessKeyId" in err and "Traceback" not in err
+    assert "not-the-secret" not in err and s3.secret_key not in err  # secrets are never printed
+
+    code, _, err = octbatch(
+        ["run", "s3://no-such-bucket/oct", "--out", tmp_path / "b.parquet", "--model", tiny_model], env_for(s3)
+    )
+    assert code == 1 and err.startswith("Error: bucket of s3://no-such-bucket/oct does not exist"), err
+    assert "Traceback" not in err
+
+
+def test_storage_options_reach_the_store(s3, bucket, tiny_model, tmp_path):
+    """Without AWS_ENDPOINT_URL, --storage-option endpoint=... points octbatch at the server."""
+    env = env_for(s3)
+    endpoint = env.pop("AWS_ENDPOINT_URL")
+    code, summary, err = octbatch(
+        [
+            "run",
+            bucket,
+            "--out",
+            tmp_path / "c.parquet",
+            "--model",
+            tiny_model,
+            "--limit",
+            20,
+            "--storage-option",
+            f"endpoint={endpoint}",
+            "--storage-option",
+            "allow_http=true",
+            "--json",
+            "-q",
+        ],
+        env,
+    )
+    assert code == 0 and summary["rows"] == 20, err
+    code, _, err = octbatch(
+        ["run", bucket, "--out", tmp_path / "d.parquet", "--model", tiny_model, "--storage-option", "endpoint"], env
+    )
+    assert code == 1 and "Error: --storage-option 'endpoint' is not key=value" in err
+
+
+def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+def table_in_bucket(s3, bucket: str, key: str) -> dict:
+    import io
+
+    data = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return rows_by_path(io.BytesIO(data))
+
+
+def test_s3_in_and_out_kill_resume_incremental_exactly_once(s3, bucket, local_archive, local_rows, tiny_model):
+    """No rename on S3: parts under unique names, a commit object written last; the table in one PUT."""
+    out = "s3://scans/results/run.parquet"
+    args = OCTBATCH + ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3))
+    deadline = time.time() + 240
+    commits = []
+    while time.time() < deadline and proc.poll() is None:
+        commits = [k for k in bucket_keys(s3, "scans", "results/") if "/commit-" in k]
+        if len(commits) >= 3:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    keys = bucket_keys(s3, "scans", "results/")
+    assert "results/run.parquet" not in keys  # a reader sees no table until the whole one is put
+    # A dead attempt that wrote its part but never committed it: must be ignored, then removed.
+    s3.client().put_object(
+        Bucket="scans",
+        Key="results/run.parquet.parts/part-0123456789abcdef0123-deadbeef0000.parquet",
+        Body=b"not parquet",
+    )
+
+    n = len(objects_of(local_archive))
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 3, err
+    assert summary["out"] == out and summary["rows"] == n and summary["skipped"] >= len(commits) * SHARD
+    assert summary["skipped"] + summary["processed"] == n
+    # Only the table and the settings are left; every part and commit was merged and removed.
+    # the table, the settings and the random per-table pseudonym key (octbatch.phi) stay; parts and commits go
+    assert bucket_keys(s3, "scans", "results/") == [
+        "results/run.parquet",
+        "results/run.parquet.parts/phi.key",
+        "results/run.parquet.parts/run.json",
+    ]
+    assert_same_rows(table_in_bucket(s3, "scans", "results/run.parquet"), local_rows)
+
+    # Incremental: 5 new objects -> exactly those are classified, the table grows by 5.
+    body = next(
+        p for p in objects_of(local_archive).values() if p.suffix == ".jpeg" and p.stat().st_size > 5000
+    ).read_bytes()
+    for i in range(5):
+        s3.client().put_object(Bucket="scans", Key=f"oct/LATE/DME-{7000 + i}-1.jpeg", Body=body)
+    code, summary, err = octbatch(args[3:], env_for(s3))
+    assert code == 0 and summary["processed"] == 5 and summary["rows"] == n + 5, err
+    rows = table_in_bucket(s3, "scans", "results/run.parquet")
+    assert len(rows) == n + 5 and rows["LATE/DME-7000-1.jpeg"]["label"] == "DME"
+    for i in range(5):
+        s3.client().delete_object(Bucket="scans", Key=f"oct/LATE/DME-{7000 + i}-1.jpeg")
+
+
+def test_local_archive_to_s3_out(s3, bucket, local_archive, local_rows, tiny_model):
+    code, summary, err = octbatch(
+        ["run", local_archive, "--out", "s3://scans/results/from-disk.parquet", "--model", tiny_model, "--json", "-q"],
+        env_for(s3),
+    )
+    assert code == 3, err
+    assert summary["rows"] == len(local_rows)
+    assert_same_rows(table_in_bucket(s3, "scans", "results/from-disk.parquet"), local_rows)
+    code, _, err = octbatch(
+        ["run", local_archive, "--out", "s3://no-such-bucket/r.parquet", "--model", tiny_model], env_for(s3)
+    )
+    assert code == 1 and err.startswith("Error: bucket of s3://no-such-bucket/r.parquet does not exist"), err
+    assert "Traceback" not in err
