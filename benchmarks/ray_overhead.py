@@ -60,20 +60,11 @@ def pick_model(tmp: Path) -> tuple[str, str]:
 def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int) -> dict:
     import ray
 
-    from octbatch import executors
     from octbatch.config import RunConfig
+    from octbatch.executors import LocalExecutor, RayExecutor
+    from octbatch.executors.ray import start_local_ray
     from octbatch.pipeline import run
-    from octbatch.ray_executor import start_local_ray
 
-    made = []
-    real = executors.make_executor
-
-    def make(name, **kw):
-        ex = real(name, **kw)
-        made.append(ex)
-        return ex
-
-    executors.make_executor = make
     out = tmp / f"out-{mode}-{time.time_ns()}.parquet"
     try:
         cfg = RunConfig(
@@ -89,15 +80,22 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
             start_local_ray(os.cpu_count())
         if mode == "ray-start" and ray.is_initialized():
             ray.shutdown()
+        # Built here (as the pipeline would from cfg) so that its stats can be read afterwards.
+        ex = (
+            LocalExecutor(cfg.max_shard_retries)
+            if mode == "local"
+            else RayExecutor(
+                workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker, max_shard_retries=cfg.max_shard_retries
+            )
+        )
         t0 = time.perf_counter()
-        s = run(cfg)
+        s = run(cfg, executor=ex)
         wall = time.perf_counter() - t0
     finally:
-        executors.make_executor = real
         shutil.rmtree(str(out) + ".parts", ignore_errors=True)
         for p in (out, Path(str(out) + ".lock")):
             p.unlink(missing_ok=True)
-    st = getattr(made[0], "stats", {}) if made else {}
+    st = getattr(ex, "stats", {})
     steady = s.processed / max(1e-9, wall - s.startup_seconds)
     return {
         "mode": mode,
@@ -113,28 +111,29 @@ def end_to_end(archive: Path, model: str, tmp: Path, mode: str, shard_size: int)
     }
 
 
-class NoopActor:
-    """Stands in for ShardActor: answers at once, so only the driver and Ray's round trip are timed."""
+class NoopWorker:
+    """Stands in for ShardWorker inside each actor: answers at once, so only the driver, the actor's
+    unpacking of the shard and Ray's round trip are timed."""
 
     def __init__(self, cfg):
         self.name = f"noop:{os.getpid()}"
 
-    def ready(self):
-        return self.name
-
-    def process(self, packed, parts_dir):
-        from octbatch.ray_executor import unpack_shard
+    def __call__(self, shard, parts_dir, on_progress=None, next_shard=None):
         from octbatch.worker import ShardSummary
 
-        shard = unpack_shard(packed)  # what a real actor pays before its first decode
         return ShardSummary(shard.id, len(shard), len(shard), 0, 0.0, "", self.name)
+
+    def close(self):
+        pass
 
 
 def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) -> dict:
     import ray
 
     from octbatch.archive import FileEntry
-    from octbatch.ray_executor import RayExecutor, pack_shard, start_local_ray
+    from octbatch.executors import RayExecutor
+    from octbatch.executors.packing import pack_shard
+    from octbatch.executors.ray import start_local_ray
     from octbatch.shards import Shard
     from octbatch.worker import WorkerConfig
 
@@ -158,7 +157,7 @@ def driver_cost(n_shards: int, shard_files: int, workers: int, inflight: int) ->
     # Logical CPUs beyond the 2 real ones, so that `workers` no-op actors fit (they hardly run).
     start_local_ray(max(2, workers))
     try:
-        ex = RayExecutor(workers=workers, gpus_per_worker=0, inflight_per_worker=inflight, _actor_class=NoopActor)
+        ex = RayExecutor(workers=workers, gpus_per_worker=0, inflight_per_worker=inflight, worker_factory=NoopWorker)
         done = [0]
         t_first = [None]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -313,7 +312,6 @@ def run(
         workers=workers,
         gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0,
         max_shard_retries=max_shard_retries,
-        fault_hook=os.environ.get("OCTBATCH_FAULT"),
         storage_options=tuple(storage_options),
         gate=gate,
         gate_model=gate_model,

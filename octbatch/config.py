@@ -49,7 +49,6 @@ class RunConfig:
     workers: int | None = None
     gpus_per_worker: float = -1.0  # -1: one GPU per actor when the cluster has GPUs, else CPU actors
     max_shard_retries: int = 2
-    fault_hook: str | None = None
     # volumes (DICOM, multi-page TIFF): octbatch.frames, octbatch.phi, octbatch.volumes
     formats: tuple[str, ...] = ()  # () = every format: jpeg, png, tiff, dicom
     phi: str = "pseudonymise"  # pseudonymise | keep

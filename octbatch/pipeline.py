@@ -32,6 +32,7 @@ from .results import atomic_write_parquet, file_metadata, make_schema, read_meta
 from .shards import RunLock, WorkDir, in_slice, make_shards, parse_slice
 
 if TYPE_CHECKING:
+    from .executors import Executor
     from .worker import WorkerConfig
 
 __all__ = ["run", "merge", "RunSummary", "Reporter", "NullReporter"]
@@ -181,7 +182,7 @@ def _resolve_runtime(cfg: RunConfig):
     return model, overrides, backend, engine_path, precision
 
 
-def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
+def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor | None = None) -> RunSummary:
     """Classify every scan of cfg.archive into cfg.out. See the module docstring for the guarantees."""
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
@@ -320,7 +321,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             rep.advance(n, e)
 
         t_proc = time.perf_counter()
-        executor = _make_executor(cfg)
+        executor = executor if executor is not None else _make_executor(cfg)  # a caller's (tests, benchmarks)
         result = executor.run(
             make_shards(entries(), cfg.shard_size),
             wcfg,
@@ -468,7 +469,6 @@ def _worker_config(
         file_metadata=file_metadata(
             model, archive_root=archive, version=__version__, extra={"phi": phi} if phi else None
         ),
-        fault_hook=cfg.fault_hook,
     )
 
 

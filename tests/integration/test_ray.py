@@ -58,7 +58,7 @@ def ray_session():
     """One local Ray for the tests below; RayExecutor joins it instead of starting its own."""
     import ray
 
-    from octbatch.ray_executor import start_local_ray
+    from octbatch.executors.ray import start_local_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -89,20 +89,37 @@ def assert_same_table(rows: dict, expected: dict) -> None:
         np.testing.assert_allclose(as_array(got), as_array(want), rtol=0, atol=1e-6, err_msg=path)
 
 
-def capture_executor(monkeypatch) -> list:
-    """The RayExecutor that the pipeline builds, for tests that reach into a run."""
-    from octbatch import executors
+def ray_config(archive, model, out, *, max_shard_retries=2):
+    """The RunConfig of `octbatch run --executor ray --workers 2` as these tests run it."""
+    from octbatch.config import RunConfig
 
-    made = []
-    real = executors.make_executor
+    return RunConfig(
+        archive=str(archive),
+        out=str(out),
+        model=model,
+        executor="ray",
+        workers=2,
+        gpus_per_worker=-1.0,
+        shard_size=SHARD,
+        max_shard_retries=max_shard_retries,
+        gate="off",
+    )  # as the CLI runs of these tests (conftest)
 
-    def make(name, **kw):
-        ex = real(name, **kw)
-        made.append(ex)
-        return ex
 
-    monkeypatch.setattr(executors, "make_executor", make)
-    return made
+def ray_run(archive, model, out, *, max_shard_retries=2, worker_factory=None):
+    """That run from Python with the RayExecutor built here, so that the test can give it a faulty
+    worker (tests.helpers.faulty_workers) and read its stats afterwards."""
+    from octbatch.executors import RayExecutor
+    from octbatch.pipeline import run
+    from octbatch.worker import ShardWorker
+
+    ex = RayExecutor(
+        workers=2,
+        gpus_per_worker=-1.0,
+        max_shard_retries=max_shard_retries,
+        worker_factory=worker_factory or ShardWorker,
+    )
+    return run(ray_config(archive, model, out, max_shard_retries=max_shard_retries), executor=ex), ex
 
 
 def wait_for_free_cpus(ray, want: float, timeout: float = 20) -> float:
@@ -121,7 +138,7 @@ def test_ray_table_equals_local_table(archive, tiny_model, local_table, n_files,
     """Runs first: the executor starts its own Ray (loopback, no dashboard) and stops it after."""
     import ray
 
-    from octbatch.ray_executor import RayExecutor
+    from octbatch.executors import RayExecutor
 
     if ray.is_initialized():
         ray.shutdown()
@@ -165,36 +182,24 @@ def test_ray_table_equals_local_table(archive, tiny_model, local_table, n_files,
 
 @needs_ray
 def test_actor_killed_mid_run_loses_and_duplicates_nothing(
-    archive, tiny_model, local_table, n_files, ray_session, tmp_path, monkeypatch
+    archive, tiny_model, local_table, n_files, ray_session, tmp_path
 ):
-    from octbatch.config import RunConfig
+    from octbatch.executors import RayExecutor
     from octbatch.pipeline import NullReporter, run
 
     ray = ray_session
-    made = capture_executor(monkeypatch)
+    ex = RayExecutor(workers=2, gpus_per_worker=-1.0, max_shard_retries=2)
     killed = []
 
     class KillOnFirstShard(NullReporter):
         def advance(self, files, errors):
             if not killed:
-                victim = made[0]._slots[0]
+                victim = ex.slots[0]
                 killed.append(victim.name)
                 ray.kill(victim.handle)  # interrupts the shard it is running and drops its queue
 
     out = tmp_path / "killed.parquet"
-    cfg = RunConfig(
-        archive=str(archive),
-        out=str(out),
-        model=tiny_model,
-        executor="ray",
-        workers=2,
-        gpus_per_worker=-1.0,
-        shard_size=SHARD,
-        max_shard_retries=2,
-        gate="off",
-    )  # as the CLI runs of these tests (conftest)
-    s = run(cfg, KillOnFirstShard())
-    ex = made[0]
+    s = run(ray_config(archive, tiny_model, out), KillOnFirstShard(), executor=ex)
     assert killed and ex.stats["deaths"] >= 1 and ex.stats["actors_started"] >= 3
     assert s.failed_files == 0 and s.exit_code == 3
     rows = rows_by_path(out)
@@ -206,36 +211,18 @@ def test_actor_killed_mid_run_loses_and_duplicates_nothing(
 
 
 @needs_ray
-def test_worker_processes_that_exit_are_replaced(
-    archive, tiny_model, local_table, n_files, ray_session, tmp_path, monkeypatch
-):
-    made = capture_executor(monkeypatch)
+def test_worker_processes_that_exit_are_replaced(archive, tiny_model, local_table, n_files, ray_session, tmp_path):
+    from tests.helpers.faulty_workers import ExitAfter
+
     out = tmp_path / "exits.parquet"
-    # Each worker process calls os._exit after 2 shards (as an OOM kill or a segfault would end it).
-    res = invoke(
-        "run",
-        archive,
-        "--out",
-        out,
-        "--model",
-        tiny_model,
-        "--executor",
-        "ray",
-        "--workers",
-        2,
-        "--shard-size",
-        SHARD,
-        "--max-shard-retries",
-        4,
-        "-q",
-        env={"OCTBATCH_FAULT": "exit-after:2"},
-    )
-    assert res.exit_code == 3, res.output
+    # Each worker process exits after 2 shards (as an OOM kill or a segfault would end it).
+    s, ex = ray_run(archive, tiny_model, out, max_shard_retries=4, worker_factory=ExitAfter(2))
+    assert s.exit_code == 3
     rows = rows_by_path(out)
     assert len(rows) == n_files
     assert_same_table(rows, local_table)
     # ~10 shards, 2 per process: several processes died and were replaced along the way.
-    assert made[0].stats["deaths"] >= 2
+    assert ex.stats["deaths"] >= 2
 
 
 @needs_ray
@@ -244,31 +231,14 @@ def test_shard_that_always_fails_is_reported_and_the_rest_completes(
 ):
     from octbatch.archive import discover
     from octbatch.shards import make_shards
+    from tests.helpers.faulty_workers import FailShard
 
     shards = list(make_shards(discover(str(archive)), SHARD))
     bad = shards[len(shards) // 2]
     out = tmp_path / "failing.parquet"
-    res = invoke(
-        "run",
-        archive,
-        "--out",
-        out,
-        "--model",
-        tiny_model,
-        "--executor",
-        "ray",
-        "--workers",
-        2,
-        "--shard-size",
-        SHARD,
-        "--max-shard-retries",
-        1,
-        "--json",
-        "-q",
-        env={"OCTBATCH_FAULT": f"fail:{bad.id}"},
-    )
-    assert res.exit_code == 4, res.output
-    summary = json.loads(res.stdout)
+    s, _ = ray_run(archive, tiny_model, out, max_shard_retries=1, worker_factory=FailShard(bad.id))
+    assert s.exit_code == 4
+    summary = json.loads(json.dumps(s.to_dict(), default=str))  # what --json prints
     assert [(f["shard"], f["files"], f["attempts"]) for f in summary["failed_shards"]] == [(bad.id, len(bad), 2)]
     assert "injected failure" in summary["failed_shards"][0]["error"]
     rows = rows_by_path(out)
@@ -288,7 +258,7 @@ def test_shards_travel_packed_and_come_back_identical(tmp_path):
     import os
 
     from octbatch.archive import discover
-    from octbatch.ray_executor import pack_shard, unpack_shard
+    from octbatch.executors.packing import pack_shard, unpack_shard
     from octbatch.shards import make_shards
     from tests.helpers.files import jpeg_bytes, scan
 
@@ -303,22 +273,6 @@ def test_shards_travel_packed_and_come_back_identical(tmp_path):
     assert back.id == shard.id and back.entries == shard.entries
 
 
-def test_worker_plan_one_actor_per_gpu_and_cpu_slots_otherwise():
-    from octbatch.errors import OctbatchError
-    from octbatch.ray_executor import WorkerPlan, plan_workers
-
-    # A CPU-only head and two 8-GPU nodes: 16 actors, 1 GPU and the GPU nodes' 2 CPUs per GPU each.
-    nodes = [{"CPU": 64.0}, {"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
-    cluster = {"CPU": 96.0, "GPU": 16.0}
-    assert plan_workers(cluster, nodes, workers=None, gpus_per_worker=-1.0) == WorkerPlan(16, 1.0, 2)
-    assert plan_workers(cluster, nodes, workers=4, gpus_per_worker=0.5) == WorkerPlan(4, 0.5, 1)
-    # No GPUs: CPU actors, one per 2 CPUs unless --workers says otherwise.
-    assert plan_workers({"CPU": 8.0}, [{"CPU": 8.0}], workers=None, gpus_per_worker=-1.0) == WorkerPlan(4, 0.0, 2)
-    assert plan_workers({"CPU": 2.0}, [{"CPU": 2.0}], workers=2, gpus_per_worker=-1.0) == WorkerPlan(2, 0.0, 1)
-    with pytest.raises(OctbatchError, match="has no GPUs"):
-        plan_workers({"CPU": 8.0}, [{"CPU": 8.0}], workers=None, gpus_per_worker=1.0)
-
-
 def test_executor_ray_without_ray_installed_says_how_to_install(archive, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when it is not installed
     res = CliRunner().invoke(
@@ -329,33 +283,3 @@ def test_executor_ray_without_ray_installed_says_how_to_install(archive, tiny_mo
     assert "Error: ray is not installed" in res.stderr
     assert "pip install 'octbatch[cluster]'" in res.stderr
     assert "Traceback" not in res.output
-
-
-def test_workers_are_sized_per_node_and_requests_no_node_holds_fail_at_once():
-    """Issue 18: two 1-CPU nodes used to get 1 worker x 2 CPUs (the cluster's total), which no node can
-    hold, and the run waited 600 s. Now each actor fits on one node, and what cannot fit fails here."""
-    from octbatch.errors import OctbatchError
-    from octbatch.ray_executor import WorkerPlan, plan_workers
-
-    two_small = [{"CPU": 1.0}, {"CPU": 1.0}]
-    assert plan_workers({"CPU": 2.0}, two_small, workers=None, gpus_per_worker=-1.0) == WorkerPlan(2, 0.0, 1)
-    assert plan_workers({"CPU": 2.0}, two_small, workers=1, gpus_per_worker=-1.0) == WorkerPlan(1, 0.0, 1)
-    with pytest.raises(
-        OctbatchError,
-        match=r"--workers 3 do not fit .* 2 worker\(s\) of 1 CPU\(s\) each \(nodes: 1 CPU/0 GPU, 1 CPU/0 GPU\)",
-    ):
-        plan_workers({"CPU": 2.0}, two_small, workers=3, gpus_per_worker=-1.0)
-    # Uneven nodes: 2 CPUs per actor where a node has them; --workers N takes the most CPUs that still fit.
-    uneven = [{"CPU": 4.0}, {"CPU": 3.0}]
-    assert plan_workers({"CPU": 7.0}, uneven, workers=None, gpus_per_worker=-1.0) == WorkerPlan(3, 0.0, 2)
-    assert plan_workers({"CPU": 7.0}, uneven, workers=2, gpus_per_worker=-1.0) == WorkerPlan(2, 0.0, 3)
-    assert plan_workers({"CPU": 7.0}, uneven, workers=5, gpus_per_worker=-1.0) == WorkerPlan(5, 0.0, 1)
-    # GPUs: 2 per actor on 1-GPU nodes cannot be placed; 0.5 per actor packs two on each GPU.
-    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
-    with pytest.raises(OctbatchError, match="--gpus-per-worker 2 does not fit on any node"):
-        plan_workers({"CPU": 16.0, "GPU": 2.0}, gpu_nodes, workers=None, gpus_per_worker=2.0)
-    assert plan_workers({"CPU": 16.0, "GPU": 2.0}, gpu_nodes, workers=None, gpus_per_worker=0.5) == WorkerPlan(
-        4, 0.5, 4
-    )
-    with pytest.raises(OctbatchError, match="--workers 3 do not fit"):
-        plan_workers({"CPU": 16.0, "GPU": 2.0}, gpu_nodes, workers=3, gpus_per_worker=1.0)
