@@ -1,4 +1,6 @@
-"""The per-worker loop: overlap across shard boundaries never changes what is written."""
+"""The per-worker loop: overlap across shard boundaries never changes what is written.
+
+A ShardWorker is called once per shard (`process` is the older name of the same call)."""
 
 import pyarrow.parquet as pq
 
@@ -17,10 +19,10 @@ def test_next_shard_prefetch_is_used_or_dropped_without_changing_rows(tmp_path, 
         calls = []
         real = w.decoder.decode_batch
         w.decoder.decode_batch = lambda paths: calls.append(list(paths)) or real(paths)
-        w.process(a, str(parts), next_shard=b)
+        w(a, str(parts), next_shard=b)
         assert calls[-1] == [e.abspath for e in b.entries[:4]]  # b's first batch decoded ahead
         n_before = len(calls)
-        w.process(b, str(parts), next_shard=b)  # prefetch of b again while processing b: nothing reused wrongly
+        w(b, str(parts), next_shard=b)  # prefetch of b again while processing b: nothing reused wrongly
         # b has 3 batches of 4, 4, 3: its first came from the prefetch, so 2 decodes, plus the look-ahead.
         assert len(calls) - n_before == 2 + 1
         w.process(c, str(parts))  # the stale prefetch (b) is dropped, c decoded from its start
