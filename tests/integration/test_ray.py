@@ -252,27 +252,6 @@ def test_shard_that_always_fails_is_reported_and_the_rest_completes(
     )
 
 
-def test_shards_travel_packed_and_come_back_identical(tmp_path):
-    """The driver sends shards as compressed columns; the actor must rebuild the very same entries,
-    including a name that is not valid UTF-8 (its abspath is not root + path)."""
-    import os
-
-    from octbatch.archive import discover
-    from octbatch.executors.packing import pack_shard, unpack_shard
-    from octbatch.shards import make_shards
-    from tests.helpers.files import jpeg_bytes, scan
-
-    (tmp_path / "CNV").mkdir()
-    for i in range(5):
-        (tmp_path / "CNV" / f"CNV-100-{i}.jpeg").write_bytes(jpeg_bytes(scan(i, 64, 64)))
-    with open(os.path.join(os.fsencode(tmp_path), b"CNV/odd-\xff.jpeg"), "wb") as f:
-        f.write(jpeg_bytes(scan(9, 64, 64)))
-    shard = next(make_shards(discover(str(tmp_path)), 100))
-    assert len(shard) == 6 and any(e.abspath != str(tmp_path) + "/" + e.path for e in shard.entries)
-    back = unpack_shard(pack_shard(shard))
-    assert back.id == shard.id and back.entries == shard.entries
-
-
 def test_executor_ray_without_ray_installed_says_how_to_install(archive, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when it is not installed
     res = CliRunner().invoke(
