@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
+
 __all__ = ["register", "build_engine_cmd", "inspect_cmd"]
 
 
@@ -17,13 +19,13 @@ def _log(quiet: bool):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+    type=click.Choice(BACKEND_CHOICES),
     default="auto",
     help="auto: tensorrt when it imports and a CUDA GPU is present, else onnxruntime.",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16", "int8", "best"]),
+    type=click.Choice(PRECISION_CHOICES),
     default="fp32",
     help="best: the fastest precision that passes the accuracy guard and is measured faster.",
 )

@@ -3,7 +3,7 @@
 Written to the TensorRT 10/11 runtime API (Runtime / ICudaEngine / IExecutionContext with named I/O
 tensors and ``execute_async_v3``), which is the same in both: tests check it against the real
 Python bindings of 10.0, 10.16 and 11.4 (tests/test_tensorrt_api.py). Building engines lives in
-``octbatch.engine_build_trt``. CUDA memory and streams come from cuda-python
+``octbatch.engines.build_trt``. CUDA memory and streams come from cuda-python
 (``cuda.bindings.runtime``, older releases ``cuda.cudart``), which the ``octbatch[tensorrt]`` extra
 installs. Kept thin: the logic that can be tested without a GPU (profiles, fingerprints, calibration
 feed, guard) lives in ``octbatch.engines``.
