@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import OctbatchError
+from ..model import META_CARD, META_CLASSES, META_OUTPUT, META_PRECISION, META_PREPROC
 from .fingerprint import check_fingerprint, machine_facts, read_fingerprint
 
 __all__ = ["inspect_engine", "trt_io"]
@@ -35,30 +36,26 @@ def inspect_engine(path: str) -> dict:
 
 
 def _onnx_part(p: Path, fp: dict | None) -> dict:
-    from .._deps import require
+    from ..model import InvalidOnnxModel, read_onnx_metadata
 
-    ort = require("onnxruntime", purpose="reading ONNX models")
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        m = read_onnx_metadata(p)
+    except InvalidOnnxModel as exc:
         raise OctbatchError(
-            f"{p} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})",
+            f"{p} is not a valid ONNX model ({exc.reason[:200]})",
             "Pass an .onnx file or a built engine.",
         ) from None
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    meta = m.metadata
     return {
         "kind": "onnx engine" if fp else "onnx model",
-        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.type} for i in sess.get_inputs()],
-        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.type} for o in sess.get_outputs()],
+        "inputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in m.inputs],
+        "outputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in m.outputs],
         "metadata": {
-            "classes": _maybe_json(meta.get("octbatch.classes")),
-            "preprocessing": _maybe_json(meta.get("octbatch.preprocessing")),
-            "output": meta.get("octbatch.output"),
-            "precision": meta.get("octbatch.precision", (fp or {}).get("precision", "fp32")),
-            "card": meta.get("octbatch.model_card"),
+            "classes": _maybe_json(meta.get(META_CLASSES)),
+            "preprocessing": _maybe_json(meta.get(META_PREPROC)),
+            "output": meta.get(META_OUTPUT),
+            "precision": meta.get(META_PRECISION, (fp or {}).get("precision", "fp32")),
+            "card": meta.get(META_CARD),
         },
     }
 
