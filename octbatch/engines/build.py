@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
 from ..backends.registry import PRECISION_CHOICES
 from ..errors import OctbatchError
@@ -38,7 +36,7 @@ from .fingerprint import (
     write_json,
 )
 from .resolve import pick_backend
-from .scans import calibration_hash, iter_scan_batches, sample_entries, split_sample
+from .scans import calibration_hash, sample_entries, split_sample
 
 __all__ = ["BuildResult", "build_engine", "build_tensorrt_engine"]
 
@@ -313,23 +311,6 @@ def _publish(work: Path, final_dir: Path, engine: Path) -> None:
             raise
 
 
-def _speed_batch(plan: _Plan) -> np.ndarray:
-    """The batch --precision best times the candidates on: real guard scans, else seeded noise."""
-    x = (
-        next((b for b, _ in iter_scan_batches(plan.guard_entries, plan.info.preprocessing, plan.profile[1])), None)
-        if plan.guard_entries
-        else None
-    )
-    if x is None:
-        spec = plan.info.preprocessing
-        x = (
-            np.random.default_rng(0)
-            .normal(0, 1, (plan.profile[1], spec.channels, spec.height, spec.width))
-            .astype(np.float32)
-        )
-    return x
-
-
 def _build_best(plan: _Plan) -> BuildResult:
     """Build the float engine and (with --calib) int8; keep int8 only if it passed the guard AND is faster."""
     from ..backends import make_runner
@@ -345,7 +326,7 @@ def _build_best(plan: _Plan) -> BuildResult:
             plan.log(notes[-1])
     else:
         notes.append("int8 not tried: no --calib scans")
-    x = _speed_batch(plan)
+    x = guard.speed_batch(plan.info, plan.guard_entries, plan.profile[1])
     speeds = {}
     for prec, res in candidates.items():
         with make_runner(plan.backend, plan.info, engine_path=res.engine_path, precision=prec) as r:

@@ -15,7 +15,15 @@ import numpy as np
 from ..errors import OctbatchError
 from .scans import iter_scan_batches
 
-__all__ = ["BEST_MIN_SPEEDUP", "accuracy_guard", "judge", "guard_line", "throughput", "int8_speed_check"]
+__all__ = [
+    "BEST_MIN_SPEEDUP",
+    "accuracy_guard",
+    "judge",
+    "guard_line",
+    "throughput",
+    "speed_batch",
+    "int8_speed_check",
+]
 
 Log = Callable[[str], None]
 
@@ -118,6 +126,15 @@ def throughput(runner, x: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> f
         runner.infer(x)
         times.append(time.perf_counter() - t0)
     return float(len(x) / np.median(times))
+
+
+def speed_batch(info, entries: Sequence | None, batch: int) -> np.ndarray:
+    """The batch --precision best times the candidates on: real scans, else seeded noise."""
+    x = next((b for b, _ in iter_scan_batches(entries, info.preprocessing, batch)), None) if entries else None
+    if x is None:
+        spec = info.preprocessing
+        x = np.random.default_rng(0).normal(0, 1, (batch, spec.channels, spec.height, spec.width)).astype(np.float32)
+    return x
 
 
 def int8_speed_check(info, engine: str, entries: Sequence, batch: int, g: dict, log: Log) -> None:
