@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from .. import __version__
 from ..backends.registry import PRECISION_CHOICES
 from ..errors import OctbatchError
+from ..model import ModelInfo
 from . import guard
 from .build_ort import build_ort_files
 from .build_trt import build_trt_files
@@ -75,7 +75,7 @@ class BuildResult:
 class _Plan:
     """Everything one build needs besides its precision (what build_engine resolved)."""
 
-    info: Any  # octbatch.model.ModelInfo
+    info: ModelInfo
     backend: str
     profile: tuple[int, int, int]
     calib: str | None

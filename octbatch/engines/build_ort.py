@@ -18,7 +18,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import OctbatchError
-from ..model import META_PRECISION
+from ..model import META_PRECISION, ModelInfo
 from .scans import calib_batches
 
 __all__ = ["build_ort_files", "optimize", "quantize_static", "copy_metadata"]
@@ -100,7 +100,7 @@ def quantize_static(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def build_ort_files(info, precision: str, calib_entries: Sequence | None, dst: str, log: Log) -> None:
+def build_ort_files(info: ModelInfo, precision: str, calib_entries: Sequence | None, dst: str, log: Log) -> None:
     """Write the ONNX Runtime engine of ``info`` at ``precision`` (fp32 or int8) to ``dst``."""
     if precision == "fp32":
         log("optimizing the graph with ONNX Runtime (level extended) and saving it")

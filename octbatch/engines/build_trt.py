@@ -24,12 +24,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._deps import require
 from ..backends.registry import PRECISIONS
 from ..errors import OctbatchError
 from . import build_ort
 from .scans import calib_batches
+
+if TYPE_CHECKING:
+    from ..model import ModelInfo
 
 __all__ = ["PRECISIONS", "trt_features", "network_flags", "build_serialized_engine", "build_trt_files"]
 
@@ -173,7 +177,7 @@ def build_serialized_engine(
     return bytes(memoryview(serialized))
 
 
-def _precision_graph(info, precision: str, calib_entries: Sequence | None, work: str, log: Log) -> str:
+def _precision_graph(info: ModelInfo, precision: str, calib_entries: Sequence | None, work: str, log: Log) -> str:
     """The ONNX file that carries ``precision`` in its tensor types (strongly typed builds)."""
     if precision in ("fp16", "bf16"):
         from ..onnx_cast import cast_model
@@ -192,7 +196,7 @@ def _precision_graph(info, precision: str, calib_entries: Sequence | None, work:
 
 
 def build_trt_files(
-    info,
+    info: ModelInfo,
     precision: str,
     profile: Sequence[int],
     calib_entries: Sequence | None,

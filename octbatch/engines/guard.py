@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import OctbatchError
 from .scans import iter_scan_batches
+
+if TYPE_CHECKING:
+    from ..model import ModelInfo
 
 __all__ = [
     "BEST_MIN_SPEEDUP",
@@ -32,7 +36,7 @@ BEST_MIN_SPEEDUP = 1.05
 
 
 def accuracy_guard(
-    model_info, backend: str, engine_path: str, precision: str, entries: Sequence, *, batch: int = 64
+    model_info: ModelInfo, backend: str, engine_path: str, precision: str, entries: Sequence, *, batch: int = 64
 ) -> dict:
     """Compare the engine with the source model (ONNX Runtime fp32, unoptimized file) on real scans."""
     from ..backends import make_runner
@@ -74,7 +78,7 @@ def _guard_numbers(ref: np.ndarray, eng: np.ndarray, labels: Sequence, classes: 
 
 
 def judge(
-    info,
+    info: ModelInfo,
     backend: str,
     engine: str,
     precision: str,
@@ -128,7 +132,7 @@ def throughput(runner, x: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> f
     return float(len(x) / np.median(times))
 
 
-def speed_batch(info, entries: Sequence | None, batch: int) -> np.ndarray:
+def speed_batch(info: ModelInfo, entries: Sequence | None, batch: int) -> np.ndarray:
     """The batch --precision best times the candidates on: real scans, else seeded noise."""
     x = next((b for b, _ in iter_scan_batches(entries, info.preprocessing, batch)), None) if entries else None
     if x is None:
@@ -137,7 +141,7 @@ def speed_batch(info, entries: Sequence | None, batch: int) -> np.ndarray:
     return x
 
 
-def int8_speed_check(info, engine: str, entries: Sequence, batch: int, g: dict, log: Log) -> None:
+def int8_speed_check(info: ModelInfo, engine: str, entries: Sequence, batch: int, g: dict, log: Log) -> None:
     """int8 is only worth having if it is faster here: time it against the fp32 source model as
     `run` loads it, on the same batch, and put the verdict into the guard's report."""
     from ..backends.onnxrt import OnnxRuntimeRunner

@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import OctbatchError
 from ..preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from ..model import ModelInfo
 
 __all__ = ["sample_entries", "split_sample", "calibration_hash", "iter_scan_batches", "calib_batches"]
 
@@ -96,7 +100,7 @@ def iter_scan_batches(
             close()
 
 
-def calib_batches(info, entries: Sequence, batch: int) -> Iterator[np.ndarray]:
+def calib_batches(info: ModelInfo, entries: Sequence, batch: int) -> Iterator[np.ndarray]:
     """The model inputs alone (labels dropped), as quantization calibration reads them."""
     for x, _ in iter_scan_batches(entries, info.preprocessing, batch):
         yield x
