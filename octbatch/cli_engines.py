@@ -129,27 +129,7 @@ def inspect_cmd(path, as_json):
         click.echo(f"  {info['io_note']}")
     fp = info.get("fingerprint")
     if fp:
-        m = fp.get("machine", {})
-        click.echo(
-            f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
-            f"batch {':'.join(map(str, fp.get('batch_profile') or []))}"
-        )
-        click.echo(f"  source:        {fp['source']['path']} (sha256 {fp['source']['sha256'][:16]}...)")
-        facts = ", ".join(f"{k}={v}" for k, v in m.items() if k not in ("backend", "isa"))
-        click.echo(f"  built on:      {facts}")
-        if fp.get("calibration"):
-            c = fp["calibration"]
-            click.echo(f"  calibration:   {c['files']} scans from {c['archive']} (hash {c['hash'][:12]})")
-        g = fp.get("guard")
-        if g:
-            acc = (
-                f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}"
-                if "accuracy_reference" in g
-                else ""
-            )
-            click.echo(
-                f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}"
-            )
+        _echo_fingerprint(fp)
     else:
         click.echo("  fingerprint:   none")
     if info["can_run_here"]:
@@ -158,6 +138,30 @@ def inspect_cmd(path, as_json):
         click.echo("  runs here:     no")
         for d in info["differences"]:
             click.echo(f"    - {d}")
+
+
+def _echo_fingerprint(fp: dict) -> None:
+    m = fp.get("machine", {})
+    click.echo(
+        f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
+        f"batch {':'.join(map(str, fp.get('batch_profile') or []))}"
+    )
+    click.echo(f"  source:        {fp['source']['path']} (sha256 {fp['source']['sha256'][:16]}...)")
+    facts = ", ".join(f"{k}={v}" for k, v in m.items() if k not in ("backend", "isa"))
+    click.echo(f"  built on:      {facts}")
+    if fp.get("calibration"):
+        c = fp["calibration"]
+        click.echo(f"  calibration:   {c['files']} scans from {c['archive']} (hash {c['hash'][:12]})")
+    g = fp.get("guard")
+    if g:
+        acc = (
+            f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}"
+            if "accuracy_reference" in g
+            else ""
+        )
+        click.echo(
+            f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}"
+        )
 
 
 def register(group: click.Group) -> None:
