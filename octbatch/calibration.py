@@ -41,9 +41,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def nll(logits: np.ndarray, y: Sequence[int], temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of softmax(logits / temperature)."""
-    y = np.asarray(y, int)
+    labels = np.asarray(y, int)
     lp = log_softmax(np.asarray(logits, np.float64) / float(temperature))
-    return float(-lp[np.arange(len(y)), y].mean())
+    return float(-lp[np.arange(len(labels)), labels].mean())
 
 
 def fit_temperature(logits: np.ndarray, y: Sequence[int], *, lo: float = 0.05, hi: float = 20.0) -> float:
@@ -70,9 +70,9 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], *, lo: float = 0.05, h
 def reliability_bins(probs: np.ndarray, y: Sequence[int], n_bins: int = 15) -> list[dict]:
     """Per confidence bin (top-1 probability, equal width on [0, 1]): count, mean confidence, accuracy."""
     probs = np.asarray(probs, np.float64)
-    y = np.asarray(y, int)
+    labels = np.asarray(y, int)
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
-    correct = (probs.argmax(axis=1) == y) if len(probs) else np.zeros(0, bool)
+    correct = (probs.argmax(axis=1) == labels) if len(probs) else np.zeros(0, bool)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # A confidence of exactly 1.0 belongs to the last bin.
     which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
+
 __all__ = ["register", "build_engine_cmd", "inspect_cmd"]
 
 
@@ -17,13 +19,13 @@ def _log(quiet: bool):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+    type=click.Choice(BACKEND_CHOICES),
     default="auto",
     help="auto: tensorrt when it imports and a CUDA GPU is present, else onnxruntime.",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16", "int8", "best"]),
+    type=click.Choice(PRECISION_CHOICES),
     default="fp32",
     help="best: the fastest precision that passes the accuracy guard and is measured faster.",
 )
@@ -127,27 +129,7 @@ def inspect_cmd(path, as_json):
         click.echo(f"  {info['io_note']}")
     fp = info.get("fingerprint")
     if fp:
-        m = fp.get("machine", {})
-        click.echo(
-            f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
-            f"batch {':'.join(map(str, fp.get('batch_profile') or []))}"
-        )
-        click.echo(f"  source:        {fp['source']['path']} (sha256 {fp['source']['sha256'][:16]}...)")
-        facts = ", ".join(f"{k}={v}" for k, v in m.items() if k not in ("backend", "isa"))
-        click.echo(f"  built on:      {facts}")
-        if fp.get("calibration"):
-            c = fp["calibration"]
-            click.echo(f"  calibration:   {c['files']} scans from {c['archive']} (hash {c['hash'][:12]})")
-        g = fp.get("guard")
-        if g:
-            acc = (
-                f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}"
-                if "accuracy_reference" in g
-                else ""
-            )
-            click.echo(
-                f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}"
-            )
+        _echo_fingerprint(fp)
     else:
         click.echo("  fingerprint:   none")
     if info["can_run_here"]:
@@ -156,6 +138,30 @@ def inspect_cmd(path, as_json):
         click.echo("  runs here:     no")
         for d in info["differences"]:
             click.echo(f"    - {d}")
+
+
+def _echo_fingerprint(fp: dict) -> None:
+    m = fp.get("machine", {})
+    click.echo(
+        f"  built:         {fp.get('built_at')} by octbatch {fp.get('octbatch')}, {fp.get('backend')} {fp.get('precision')}, "
+        f"batch {':'.join(map(str, fp.get('batch_profile') or []))}"
+    )
+    click.echo(f"  source:        {fp['source']['path']} (sha256 {fp['source']['sha256'][:16]}...)")
+    facts = ", ".join(f"{k}={v}" for k, v in m.items() if k not in ("backend", "isa"))
+    click.echo(f"  built on:      {facts}")
+    if fp.get("calibration"):
+        c = fp["calibration"]
+        click.echo(f"  calibration:   {c['files']} scans from {c['archive']} (hash {c['hash'][:12]})")
+    g = fp.get("guard")
+    if g:
+        acc = (
+            f", accuracy fp32 {g['accuracy_reference']:.2%} vs engine {g['accuracy_engine']:.2%}"
+            if "accuracy_reference" in g
+            else ""
+        )
+        click.echo(
+            f"  guard:         agreement {g['agreement']:.2%} on {g['n']} scans, max |dp| {g['max_abs_prob_diff']:.4f}{acc}"
+        )
 
 
 def register(group: click.Group) -> None:

@@ -57,13 +57,8 @@ def verify_preprocessing(
     compare what the model would see: uint8 pixel differences (max, mean, 99.9th percentile) and the
     model's top-1 agreement and largest probability difference. device="auto" uses DALI mixed on a
     GPU, else DALI on the CPU. Files that decode in one path but not the other are listed."""
-    import time
-
-    from .archive import discover
-    from .backends import make_runner
     from .config import default_threads
-    from .decode.cpu import CpuDecoder
-    from .decode.dali import DaliDecoder, gpu_available
+    from .decode.dali import gpu_available
     from .errors import OctbatchError
     from .model import load_model_info
 
@@ -71,8 +66,23 @@ def verify_preprocessing(
         raise OctbatchError("--limit must be at least 1", "Give the number of scans to compare.")
     threads = threads or default_threads()
     info = load_model_info(model)
-    spec = info.preprocessing
     dev = ("gpu" if gpu_available() else "cpu") if device == "auto" else device
+    entries = _first_entries(archive, limit)
+    c = _Comparison()
+    c.run(entries, info, threads=threads, device=dev, batch_size=batch_size)
+    return {
+        "archive": archive,
+        "model": info.path,
+        "dali_device": dev,
+        "files": len(entries),
+        **c.summary(len(entries)),
+    }
+
+
+def _first_entries(archive: str, limit: int) -> list:
+    from .archive import discover
+    from .errors import OctbatchError
+
     entries = []
     for e in discover(archive):
         entries.append(e)
@@ -80,53 +90,74 @@ def verify_preprocessing(
             break
     if not entries:
         raise OctbatchError(f"no scans found under {archive}", "Give a folder holding .jpeg/.png/.tif scans.")
-    diffs, cpu_probs, dali_probs, mismatched = [], [], [], []
-    seconds = {"cpu": 0.0, "dali": 0.0}
-    x = np.empty((batch_size, spec.channels, spec.height, spec.width), np.float32)
-    with (
-        CpuDecoder(spec, threads=threads, max_pixels=64_000_000) as cpu,
-        DaliDecoder(spec, threads=threads, device=dev, batch_size=batch_size) as dali,
-        make_runner("onnxruntime", info, threads=threads) as runner,
-    ):
-        for i in range(0, len(entries), batch_size):
-            paths = [e.abspath for e in entries[i : i + batch_size]]
-            t0 = time.perf_counter()
-            a = cpu.decode_batch(paths)
-            t1 = time.perf_counter()
-            b = dali.decode_batch(paths)
-            seconds["cpu"] += t1 - t0
-            seconds["dali"] += time.perf_counter() - t1
-            both = a.ok & b.ok
-            for j in np.flatnonzero(a.ok != b.ok):
-                mismatched.append({"path": entries[i + j].path, "cpu": a.errors[j], "dali": b.errors[j]})
-            if not both.any():
-                continue
-            ia, ib = a.images[both], b.images[both]
-            diffs.append(np.abs(ia.astype(np.int16) - ib.astype(np.int16)).astype(np.uint8).ravel())
-            cpu_probs.append(runner.infer(normalize_into(x, ia, spec)).copy())
-            dali_probs.append(runner.infer(normalize_into(x, ib, spec)).copy())
-    compared = sum(len(p) for p in cpu_probs)
-    result = {
-        "archive": archive,
-        "model": info.path,
-        "dali_device": dev,
-        "files": len(entries),
-        "compared": compared,
-        "status_mismatches": len(mismatched),
-        "mismatched": mismatched[:20],
-        "cpu_img_per_s": len(entries) / seconds["cpu"] if seconds["cpu"] else None,
-        "dali_img_per_s": len(entries) / seconds["dali"] if seconds["dali"] else None,
-    }
-    if compared:
-        d = np.concatenate(diffs)
-        pa, pb = np.concatenate(cpu_probs), np.concatenate(dali_probs)
-        result.update(
-            {
-                "pixel_max_diff": int(d.max()),
-                "pixel_mean_diff": float(d.mean()),
-                "pixel_p999_diff": float(np.percentile(d, 99.9)),
-                "top1_agreement": float((pa.argmax(1) == pb.argmax(1)).mean()),
-                "prob_max_diff": float(np.abs(pa - pb).max()),
-            }
-        )
-    return result
+    return entries
+
+
+class _Comparison:
+    """What verify_preprocessing accumulates, batch by batch: pixel differences, both paths'
+    probabilities, files only one path decoded, and each decoder's time."""
+
+    def __init__(self) -> None:
+        self.diffs: list[np.ndarray] = []
+        self.cpu_probs: list[np.ndarray] = []
+        self.dali_probs: list[np.ndarray] = []
+        self.mismatched: list[dict] = []
+        self.seconds = {"cpu": 0.0, "dali": 0.0}
+
+    def run(self, entries: list, info, *, threads: int, device: str, batch_size: int) -> None:
+        from .backends import make_runner
+        from .decode.cpu import CpuDecoder
+        from .decode.dali import DaliDecoder
+
+        spec = info.preprocessing
+        x = np.empty((batch_size, spec.channels, spec.height, spec.width), np.float32)
+        with (
+            CpuDecoder(spec, threads=threads, max_pixels=64_000_000) as cpu,
+            DaliDecoder(spec, threads=threads, device=device, batch_size=batch_size) as dali,
+            make_runner("onnxruntime", info, threads=threads) as runner,
+        ):
+            for i in range(0, len(entries), batch_size):
+                self._batch(entries[i : i + batch_size], cpu, dali, runner, x, spec)
+
+    def _batch(self, chunk: list, cpu, dali, runner, x: np.ndarray, spec: Preprocessing) -> None:
+        import time
+
+        paths = [e.abspath for e in chunk]
+        t0 = time.perf_counter()
+        a = cpu.decode_batch(paths)
+        t1 = time.perf_counter()
+        b = dali.decode_batch(paths)
+        self.seconds["cpu"] += t1 - t0
+        self.seconds["dali"] += time.perf_counter() - t1
+        both = a.ok & b.ok
+        for j in np.flatnonzero(a.ok != b.ok):
+            self.mismatched.append({"path": chunk[j].path, "cpu": a.errors[j], "dali": b.errors[j]})
+        if not both.any():
+            return
+        ia, ib = a.images[both], b.images[both]
+        self.diffs.append(np.abs(ia.astype(np.int16) - ib.astype(np.int16)).astype(np.uint8).ravel())
+        self.cpu_probs.append(runner.infer(normalize_into(x, ia, spec)).copy())
+        self.dali_probs.append(runner.infer(normalize_into(x, ib, spec)).copy())
+
+    def summary(self, files: int) -> dict:
+        compared = sum(len(p) for p in self.cpu_probs)
+        result: dict = {
+            "compared": compared,
+            "status_mismatches": len(self.mismatched),
+            "mismatched": self.mismatched[:20],
+            "cpu_img_per_s": files / self.seconds["cpu"] if self.seconds["cpu"] else None,
+            "dali_img_per_s": files / self.seconds["dali"] if self.seconds["dali"] else None,
+        }
+        if compared:
+            d = np.concatenate(self.diffs)
+            pa, pb = np.concatenate(self.cpu_probs), np.concatenate(self.dali_probs)
+            result.update(
+                {
+                    "pixel_max_diff": int(d.max()),
+                    "pixel_mean_diff": float(d.mean()),
+                    "pixel_p999_diff": float(np.percentile(d, 99.9)),
+                    "top1_agreement": float((pa.argmax(1) == pb.argmax(1)).mean()),
+                    "prob_max_diff": float(np.abs(pa - pb).max()),
+                }
+            )
+        return result

@@ -1,4 +1,9 @@
-"""Self-describing models: class names and preprocessing read from the ONNX file's metadata_props."""
+"""Self-describing models: class names and preprocessing read from the ONNX file's metadata_props.
+
+``read_onnx_metadata`` is the one place an ONNX file is opened to read its metadata and inputs and
+outputs (``load_model_info`` and ``octbatch inspect`` both use it). ``load_model_info`` refuses a
+model whose declared preprocessing octbatch would not honour (an NHWC layout, another interpolation).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import OctbatchError
-from .preprocess import Preprocessing
+from .preprocess import INTERPOLATIONS, LAYOUTS, Preprocessing
 
 __all__ = [
     "ModelInfo",
+    "OnnxMetadata",
+    "OnnxTensor",
+    "InvalidOnnxModel",
+    "read_onnx_metadata",
     "load_model_info",
     "default_model_path",
     "file_sha256",
@@ -20,6 +29,7 @@ __all__ = [
     "META_PREPROC",
     "META_OUTPUT",
     "META_CARD",
+    "META_PRECISION",
 ]
 
 META_CLASSES = "octbatch.classes"
@@ -87,18 +97,52 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return vals
 
 
-def load_model_info(
-    path: str | os.PathLike | None = None,
-    *,
-    classes: str | None = None,
-    input_size: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    resize: str | None = None,
-) -> ModelInfo:
-    """Open an ONNX model, read its octbatch metadata, apply overrides, and validate it can be run."""
+@dataclass(frozen=True)
+class OnnxTensor:
+    name: str
+    shape: list  # ints for fixed dimensions, names (or None) for dynamic ones
+    dtype: str  # as ONNX Runtime spells it, e.g. "tensor(float)"
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What an ONNX file says about itself: its metadata_props and its inputs and outputs."""
+
+    metadata: dict[str, str]
+    inputs: list[OnnxTensor]
+    outputs: list[OnnxTensor]
+
+
+class InvalidOnnxModel(ValueError):
+    """The file is not an ONNX model ONNX Runtime can open; ``reason`` is the first line of why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> OnnxMetadata:
+    """Open ``path`` with ONNX Runtime (no graph optimization) and read its metadata and I/O."""
     from ._deps import require
 
+    ort = require("onnxruntime", purpose="reading ONNX models")
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad models
+        raise InvalidOnnxModel(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    def tensors(items) -> list[OnnxTensor]:
+        return [OnnxTensor(t.name, list(t.shape), t.type) for t in items]
+
+    return OnnxMetadata(
+        dict(sess.get_modelmeta().custom_metadata_map), tensors(sess.get_inputs()), tensors(sess.get_outputs())
+    )
+
+
+def _model_path(path: str | os.PathLike | None) -> Path:
     p = Path(path) if path is not None else default_model_path()
     if not p.exists():
         hint = (
@@ -109,41 +153,50 @@ def load_model_info(
         raise OctbatchError(f"model {p} does not exist", hint)
     if p.is_dir():
         raise OctbatchError(f"model {p} is a directory", "Pass the .onnx file itself.")
-    ort = require("onnxruntime", purpose="reading ONNX models")
+    return p
+
+
+def _read(p: Path) -> OnnxMetadata:
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad models
+        return read_onnx_metadata(p)
+    except InvalidOnnxModel as exc:
         raise OctbatchError(
-            f"model {p} is not a valid ONNX model ({str(exc).splitlines()[0][:300]})",
+            f"model {p} is not a valid ONNX model ({exc.reason[:300]})",
             "Pass an .onnx file exported from a classifier.",
         ) from None
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
+
+
+def _input_shape(p: Path, m: OnnxMetadata) -> list:
+    if len(m.inputs) != 1:
         raise OctbatchError(
-            f"model {p} has {len(inputs)} inputs", "octbatch runs image classifiers with one NCHW input."
+            f"model {p} has {len(m.inputs)} inputs", "octbatch runs image classifiers with one NCHW input."
         )
-    shape = list(inputs[0].shape)
+    shape = m.inputs[0].shape
     if len(shape) != 4:
         raise OctbatchError(
             f"model input has shape {shape}, not N x C x H x W", "Export the classifier with a 4-D NCHW input."
         )
+    return shape
 
+
+def _declared_spec(p: Path, meta: dict, shape: list, input_size: str | None) -> Preprocessing:
+    """The preprocessing the metadata declares, else what the input shape implies."""
     if META_PREPROC in meta:
-        spec = Preprocessing.from_json(meta[META_PREPROC])
-    else:
-        c = shape[1] if isinstance(shape[1], int) else 1
-        h = shape[2] if isinstance(shape[2], int) else None
-        w = shape[3] if isinstance(shape[3], int) else None
-        if (h is None or w is None) and not input_size:
-            raise OctbatchError(
-                f"model {p} has no octbatch metadata and a dynamic input size",
-                "Pass --input-size HxW (and --mean/--std/--classes).",
-            )
-        spec = Preprocessing(input_size=(h or 224, w or 224), channels=c, mean=(0.0,), std=(1.0,))
+        return Preprocessing.from_json(meta[META_PREPROC])
+    c = shape[1] if isinstance(shape[1], int) else 1
+    h = shape[2] if isinstance(shape[2], int) else None
+    w = shape[3] if isinstance(shape[3], int) else None
+    if (h is None or w is None) and not input_size:
+        raise OctbatchError(
+            f"model {p} has no octbatch metadata and a dynamic input size",
+            "Pass --input-size HxW (and --mean/--std/--classes).",
+        )
+    return Preprocessing(input_size=(h or 224, w or 224), channels=c, mean=(0.0,), std=(1.0,))
+
+
+def _with_overrides(
+    spec: Preprocessing, input_size: str | None, mean: str | None, std: str | None, resize: str | None
+) -> Preprocessing:
     if input_size:
         try:
             parts = [int(x) for x in input_size.lower().replace("x", ",").split(",")]
@@ -161,7 +214,11 @@ def load_model_info(
         spec = replace(spec, std=s)
     if resize:
         spec = replace(spec, resize=resize)
-    # Channels follow the model's input when it is fixed.
+    return spec
+
+
+def _fit_to_input(spec: Preprocessing, shape: list) -> Preprocessing:
+    """Channels follow the model's input when it is fixed; a fixed H x W must match the spec."""
     if isinstance(shape[1], int) and shape[1] != spec.channels:
         spec = replace(spec, channels=shape[1])
     spec = Preprocessing(
@@ -173,7 +230,26 @@ def load_model_info(
                 f"the model takes {shape[3]}x{shape[2]} inputs but preprocessing says {spec.width}x{spec.height}",
                 "Drop --input-size or give the model's own size.",
             )
+    return spec
 
+
+def _refuse_unhonoured(p: Path, spec: Preprocessing) -> None:
+    """Every decoder feeds NCHW and resizes with area interpolation: a model declaring otherwise
+    would silently get input it was not trained on."""
+    if spec.layout not in LAYOUTS:
+        raise OctbatchError(
+            f"model {p} declares layout {spec.layout}, which octbatch does not feed",
+            "Export the model with an NCHW input (N x C x H x W float32) and layout NCHW in its octbatch.preprocessing metadata.",
+        )
+    if spec.interpolation not in INTERPOLATIONS:
+        raise OctbatchError(
+            f"model {p} declares interpolation {spec.interpolation!r}, which octbatch does not use",
+            "octbatch resizes with area interpolation (linear when enlarging): retrain or re-export the model "
+            'with "interpolation": "area" in its octbatch.preprocessing metadata.',
+        )
+
+
+def _class_names(p: Path, meta: dict, classes: str | None, outputs: list[OnnxTensor]) -> tuple[str, ...]:
     if classes:
         names = tuple(c.strip() for c in classes.split(",") if c.strip())
     elif META_CLASSES in meta:
@@ -186,7 +262,7 @@ def load_model_info(
             f"model {p} does not name its classes",
             "Pass --classes NAME1,NAME2,... in the order of the model's outputs.",
         )
-    out_shape = sess.get_outputs()[0].shape
+    out_shape = outputs[0].shape
     if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != len(names):
         raise OctbatchError(
             f"the model has {out_shape[1]} outputs but {len(names)} class names",
@@ -194,15 +270,35 @@ def load_model_info(
         )
     if len(set(names)) != len(names):
         raise OctbatchError("class names are not unique", "Give each class a distinct name.")
-    output_kind = meta.get(META_OUTPUT, "logits" if META_CLASSES in meta else "auto")
+    return names
+
+
+def load_model_info(
+    path: str | os.PathLike | None = None,
+    *,
+    classes: str | None = None,
+    input_size: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    resize: str | None = None,
+) -> ModelInfo:
+    """Open an ONNX model, read its octbatch metadata, apply overrides, and validate it can be run."""
+    p = _model_path(path)
+    m = _read(p)
+    meta = m.metadata
+    shape = _input_shape(p, m)
+    spec = _declared_spec(p, meta, shape, input_size)
+    spec = _fit_to_input(_with_overrides(spec, input_size, mean, std, resize), shape)
+    _refuse_unhonoured(p, spec)
+    names = _class_names(p, meta, classes, m.outputs)
     return ModelInfo(
         path=str(p),
         sha256=file_sha256(p),
         classes=names,
         preprocessing=spec,
-        output_kind=output_kind,
+        output_kind=meta.get(META_OUTPUT, "logits" if META_CLASSES in meta else "auto"),
         card=meta.get(META_CARD, ""),
-        input_name=inputs[0].name,
+        input_name=m.inputs[0].name,
         precision=meta.get(META_PRECISION, "fp32"),
         metadata=meta,
     )

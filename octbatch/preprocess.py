@@ -20,6 +20,8 @@ from .errors import OctbatchError
 __all__ = [
     "Preprocessing",
     "RESIZE_RULES",
+    "LAYOUTS",
+    "INTERPOLATIONS",
     "crop_box",
     "dct_min_size",
     "normalize_into",
@@ -30,6 +32,10 @@ __all__ = [
 #   and the scan width cannot leak into the prediction as a shortcut.
 # stretch: resize the whole scan to input_size, ignoring aspect ratio (what many public OCT models do).
 RESIZE_RULES = ("center_crop", "stretch")
+# What every decoder honours: NCHW float32 input, area interpolation when shrinking (linear when
+# enlarging). A model declaring anything else is refused at load (octbatch.model).
+LAYOUTS = ("NCHW",)
+INTERPOLATIONS = ("area",)
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,9 @@ class Preprocessing:
     def from_json(cls, text: str) -> Preprocessing:
         try:
             d = json.loads(text)
+            h, w = (int(x) for x in d["input_size"])
             return cls(
-                input_size=tuple(int(x) for x in d["input_size"]),
+                input_size=(h, w),
                 channels=int(d.get("channels", 1)),
                 mean=tuple(float(x) for x in d.get("mean", (0.0,))),
                 std=tuple(float(x) for x in d.get("std", (1.0,))),

@@ -1,5 +1,5 @@
-"""Inference backends behind one small contract (see base.Runner)."""
+"""Inference backends behind one small contract (see base.Runner); names in registry."""
 
-from .registry import BACKENDS, make_runner
+from .registry import BACKEND_CHOICES, BACKENDS, PRECISION_CHOICES, PRECISIONS, make_runner
 
-__all__ = ["BACKENDS", "make_runner"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "PRECISIONS", "PRECISION_CHOICES", "make_runner"]

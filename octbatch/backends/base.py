@@ -42,9 +42,15 @@ class Runner:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if not self._loaded:
             self.load()
-        out = np.asarray(self._infer(batch), dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-            raise RuntimeError(f"{self.name}: model returned shape {out.shape} for a batch of {batch.shape[0]}")
+        return self._postprocess(self._infer(batch), batch.shape[0])
+
+    def _postprocess(self, raw, n: int) -> np.ndarray:
+        """The output contract, for host and device inputs alike: float32 (n, classes)
+        probabilities; a softmax for models whose metadata says logits (or, with no word, whose
+        rows do not look like probabilities)."""
+        out = np.asarray(raw, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != n:
+            raise RuntimeError(f"{self.name}: model returned shape {out.shape} for a batch of {n}")
         kind = self.model.output_kind
         if kind == "logits" or (kind == "auto" and not _looks_like_probs(out)):
             return softmax(out)

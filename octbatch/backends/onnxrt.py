@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._deps import require
@@ -36,7 +38,8 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(model, threads=threads)
         self.path = path or model.path
         self.precision = precision or model.precision or "fp32"
-        self._sess = None
+        self._sess: Any = None
+        self._input = self._output = ""
 
     def _load(self) -> None:
         self._sess = make_session(self.path, threads=self.threads)

@@ -1,12 +1,20 @@
-"""Backend names -> runner classes, imported only when selected."""
+"""The one registry of backend and precision names, and backend names -> runner classes (imported only when selected).
+
+``BACKENDS``/``PRECISIONS`` are what an engine can be; the ``*_CHOICES`` add what a user may ask
+for: ``auto`` (pick the backend for this machine) and ``best`` (the fastest precision that passes the
+accuracy guard).
+"""
 
 from __future__ import annotations
 
 from ..errors import OctbatchError
 
-__all__ = ["BACKENDS", "make_runner"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "PRECISIONS", "PRECISION_CHOICES", "make_runner"]
 
 BACKENDS = ("onnxruntime", "tensorrt")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISION_CHOICES = (*PRECISIONS, "best")
 
 
 def make_runner(backend: str, model, *, threads: int = 0, engine_path: str | None = None, precision: str | None = None):

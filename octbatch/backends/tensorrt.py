@@ -2,16 +2,17 @@
 
 Written to the TensorRT 10/11 runtime API (Runtime / ICudaEngine / IExecutionContext with named I/O
 tensors and ``execute_async_v3``), which is the same in both: tests check it against the real
-Python bindings of 10.0, 10.16 and 11.4 (tests/test_tensorrt_api.py). Building engines lives in
-``octbatch.engine_build_trt``. CUDA memory and streams come from cuda-python
+Python bindings of 10.0, 10.16 and 11.4 (tests/integration/test_tensorrt_api.py). This is the runner;
+building engines (the loader side, as Polygraphy separates them) lives in ``octbatch.engines.build_trt``. CUDA memory and streams come from cuda-python
 (``cuda.bindings.runtime``, older releases ``cuda.cudart``), which the ``octbatch[tensorrt]`` extra
 installs. Kept thin: the logic that can be tested without a GPU (profiles, fingerprints, calibration
-feed, guard) lives in ``octbatch.engines``.
+scans, guard) lives in ``octbatch.engines``.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,7 @@ from .._deps import require
 from ..errors import OctbatchError
 from .base import Runner
 
-__all__ = ["TensorRTRunner", "tensorrt_version", "cuda_facts", "PRECISIONS"]
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+__all__ = ["TensorRTRunner", "tensorrt_version", "cuda_facts"]
 
 
 def _trt():
@@ -86,39 +85,26 @@ class TensorRTRunner(Runner):
         self.engine_path = str(engine_path)
         self.precision = precision or "fp16"
         self.device = device
-        self._engine = self._context = self._stream = None
-        self._d_in = self._d_out = None
+        self._cudart: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._d_in: Any = None
+        self._d_out: Any = None
+        self._in = self._out = ""
+        self._in_shape: tuple[int, ...] = ()
+        self.max_batch = 0
+        self._classes = 0
+        self._row_bytes = 0
+        self._out_host = np.empty((0, 0), np.float32)
 
     def _load(self) -> None:
         trt = _trt()
         cudart = self._cudart = _cudart()
         _check(cudart.cudaSetDevice(self.device))
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        with open(self.engine_path, "rb") as f:
-            self._engine = self._runtime.deserialize_cuda_engine(f.read())
-        if self._engine is None:
-            raise OctbatchError(
-                f"TensorRT could not load engine {self.engine_path} on this machine",
-                "Engines only run on the GPU model and TensorRT version they were built with: rebuild with octbatch build-engine, or run with --rebuild-on-mismatch.",
-            )
+        self._engine = self._deserialize(trt)
         self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise OctbatchError(
-                f"engine has {len(inputs)} inputs and {len(outputs)} outputs",
-                "octbatch runs classifiers with one input and one output.",
-            )
-        self._in, self._out = inputs[0], outputs[0]
-        for name in (self._in, self._out):
-            dtype = self._engine.get_tensor_dtype(name)
-            if dtype != trt.DataType.FLOAT:
-                raise OctbatchError(
-                    f"engine tensor {name!r} is {dtype}, octbatch feeds and reads float32",
-                    "Build the engine with octbatch build-engine (it keeps inputs and outputs fp32).",
-                )
+        self._in, self._out = self._io_names(trt)
         # (min, opt, max) shapes of profile 0; buffers are sized for max.
         _, _, max_shape = self._engine.get_tensor_profile_shape(self._in, 0)
         self.max_batch = int(max_shape[0])
@@ -127,12 +113,43 @@ class TensorRTRunner(Runner):
         if self._classes < 0:  # dynamic class dim: fall back to the model's class count
             self._classes = len(self.model.classes)
         self._row_bytes = int(np.prod(self._in_shape)) * 4
-        in_bytes = self.max_batch * self._row_bytes
         self._out_host = np.empty((self.max_batch, self._classes), np.float32)
-        self._d_in = _check(cudart.cudaMalloc(in_bytes))
+        self._d_in = _check(cudart.cudaMalloc(self.max_batch * self._row_bytes))
         self._d_out = _check(cudart.cudaMalloc(self._out_host.nbytes))
         self._stream = _check(cudart.cudaStreamCreate())
         self._context.set_tensor_address(self._out, int(self._d_out))
+
+    def _deserialize(self, trt):
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with open(self.engine_path, "rb") as f:
+            engine = self._runtime.deserialize_cuda_engine(f.read())
+        if engine is None:
+            raise OctbatchError(
+                f"TensorRT could not load engine {self.engine_path} on this machine",
+                "Engines only run on the GPU model and TensorRT version they were built with: rebuild with octbatch build-engine, or run with --rebuild-on-mismatch.",
+            )
+        return engine
+
+    def _io_names(self, trt) -> tuple[str, str]:
+        """The one float32 input and the one float32 output, or a clear refusal."""
+        engine = self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise OctbatchError(
+                f"engine has {len(inputs)} inputs and {len(outputs)} outputs",
+                "octbatch runs classifiers with one input and one output.",
+            )
+        for name in (inputs[0], outputs[0]):
+            dtype = engine.get_tensor_dtype(name)
+            if dtype != trt.DataType.FLOAT:
+                raise OctbatchError(
+                    f"engine tensor {name!r} is {dtype}, octbatch feeds and reads float32",
+                    "Build the engine with octbatch build-engine (it keeps inputs and outputs fp32).",
+                )
+        return inputs[0], outputs[0]
 
     def _run(self, input_ptr: int, n: int, stream) -> np.ndarray:
         cudart = self._cudart
@@ -176,21 +193,16 @@ class TensorRTRunner(Runner):
             self.load()
         if n < 1:
             return np.empty((0, self._classes), np.float32)
-        stream = self._stream if stream is None else stream
+        on = self._stream if stream is None else stream
         # Batches over the profile's maximum run in profile-sized slices of the same device buffer.
         parts = [
-            self._run(int(input_ptr) + start * self._row_bytes, min(self.max_batch, n - start), stream)
+            self._run(int(input_ptr) + start * self._row_bytes, min(self.max_batch, n - start), on)
             for start in range(0, n, self.max_batch)
         ]
-        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        # Same output contract as Runner.infer(): softmax for logits models.
-        from .base import _looks_like_probs, softmax
-
-        kind = self.model.output_kind
-        return softmax(out) if kind == "logits" or (kind == "auto" and not _looks_like_probs(out)) else out
+        return self._postprocess(np.concatenate(parts) if len(parts) > 1 else parts[0], n)
 
     def _close(self) -> None:
-        cudart = getattr(self, "_cudart", None)
+        cudart = self._cudart
         if cudart is not None:
             for ptr in (self._d_in, self._d_out):
                 if ptr is not None:

@@ -319,7 +319,7 @@ def _run(fn):
 
 
 def scenario_build(model: str, work: str, precision: str, **fake_kw) -> dict:
-    from octbatch.engine_build_trt import build_serialized_engine, network_flags
+    from octbatch.engines.build_trt import build_serialized_engine, network_flags
 
     fb = FakeBuild(**fake_kw)
     fb.install()
@@ -369,9 +369,9 @@ def scenario_runtime(model: str, work: str, dtype=None) -> dict:
             calls.clear()
             dev = np.ascontiguousarray(x)
             got_dev = r.infer_device(dev.ctypes.data, 40)
-            from octbatch.engines import _trt_io  # what `octbatch inspect` shows for an engine
+            from octbatch.engines.inspect import trt_io  # what `octbatch inspect` shows for an engine
 
-            ins, outs = _trt_io(plan)
+            ins, outs = trt_io(plan)
             return {
                 "host_max_diff": float(np.abs(got_host - want[:21]).max()),
                 "host_batches": host_shapes,
@@ -487,7 +487,7 @@ def checker_self_test() -> dict:
 
 def main() -> int:
     model, archive, work = sys.argv[1:4]
-    from octbatch.engine_build_trt import trt_features
+    from octbatch.engines.build_trt import trt_features
     from octbatch.onnx_cast import cast_model
 
     fp16 = cast_model(model, os.path.join(work, "fp16.onnx"), "fp16")

@@ -300,7 +300,7 @@ def test_guard_refuses_a_bad_int8_engine_unless_forced(tmp_path, cache, archive,
         list(batches)
         tiny_classifier(dst, classes=CLASSES, size=32, seed=7)
 
-    monkeypatch.setattr(engines, "_ort_quantize_static", bad_quantize)
+    monkeypatch.setattr(engines.build_ort, "quantize_static", bad_quantize)
     out = tmp_path / "bad.onnx"
     r = invoke("build-engine", tiny_model, "--precision", "int8", "--calib", archive, "--out", out)
     assert r.exit_code == 1
@@ -317,7 +317,7 @@ def test_guard_refuses_a_bad_int8_engine_unless_forced(tmp_path, cache, archive,
 
 def test_best_does_not_pick_int8_when_it_is_not_faster(tmp_path, cache, archive, tiny_model, monkeypatch):
     speeds = {"fp32": 1000.0, "int8": 990.0}
-    monkeypatch.setattr(engines, "_throughput", lambda runner, x, **kw: speeds[runner.precision])
+    monkeypatch.setattr(engines.guard, "throughput", lambda runner, x, **kw: speeds[runner.precision])
     r = invoke(
         "build-engine", tiny_model, "--precision", "best", "--calib", archive, "--json", "--backend", "onnxruntime"
     )
@@ -417,7 +417,7 @@ def test_inspect_engine_and_plain_model(tmp_path, cache, archive, tiny_model):
 
 def test_engine_modules_stay_light():
     code = (
-        "import sys, octbatch.cli, octbatch.cli_engines, octbatch.engines, octbatch.backends.tensorrt, octbatch.engine_build_trt, octbatch.onnx_cast\n"
+        "import sys, octbatch.cli, octbatch.cli_engines, octbatch.engines, octbatch.backends.tensorrt, octbatch.engines.build_trt, octbatch.onnx_cast\n"
         "heavy = [m for m in ('onnxruntime', 'tensorrt', 'cuda', 'torch', 'onnx') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )

@@ -178,7 +178,7 @@ def fakes(request, monkeypatch, tiny_model):
 
 
 def test_builder_adds_the_profile_before_building_and_sets_no_precision_flags(fakes, tiny_model, tmp_path):
-    from octbatch.engine_build_trt import build_serialized_engine
+    from octbatch.engines.build_trt import build_serialized_engine
 
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
@@ -199,7 +199,7 @@ def test_builder_adds_the_profile_before_building_and_sets_no_precision_flags(fa
 def test_builder_without_strong_typing_falls_back_to_the_flags_that_exist(fakes, tiny_model, monkeypatch):
     """Feature detection, not version strings: a TensorRT lacking STRONGLY_TYPED gets the builder
     flags if it has them, and a clear error if it has neither."""
-    from octbatch.engine_build_trt import build_serialized_engine
+    from octbatch.engines.build_trt import build_serialized_engine
     from octbatch.errors import OctbatchError
 
     trt = sys.modules["tensorrt"]
