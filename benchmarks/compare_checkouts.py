@@ -54,7 +54,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats + 1):
             for name in ("a", "b"):
-                r = one_run(getattr(args, name).resolve(), str(Path(args.archive).resolve()), Path(tmp) / f"{name}.parquet", args.extra)
+                r = one_run(
+                    getattr(args, name).resolve(),
+                    str(Path(args.archive).resolve()),
+                    Path(tmp) / f"{name}.parquet",
+                    args.extra,
+                )
                 if i > 0:
                     runs[name].append(r)
                 print(f"{name} #{i}: {r['files_per_s']:.0f} files/s, {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
