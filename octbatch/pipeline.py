@@ -181,8 +181,9 @@ def _resolve_runtime(cfg: RunConfig):
     return model, overrides, backend, engine_path, precision
 
 
-def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
-    """Classify every scan of cfg.archive into cfg.out. See the module docstring for the guarantees."""
+def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor=None) -> RunSummary:
+    """Classify every scan of cfg.archive into cfg.out. See the module docstring for the guarantees.
+    ``executor``: run the shards with this object (an executors.Executor) instead of the one cfg.executor names."""
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
@@ -320,7 +321,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunSummary:
             rep.advance(n, e)
 
         t_proc = time.perf_counter()
-        executor = _make_executor(cfg)
+        executor = executor or _make_executor(cfg)
         result = executor.run(
             make_shards(entries(), cfg.shard_size),
             wcfg,
