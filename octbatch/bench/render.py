@@ -44,9 +44,16 @@ def _pct(x) -> str:
 
 
 def render_markdown(res: dict) -> str:
-    m, v, d = res["machine"], res["versions"], res["derived"]
-    rows = res["rows"]
-    lines = [
+    """summary.md: the machine and method, the headline, then one table per kind of row."""
+    lines: list[str] = []
+    for section in (_md_header, _md_headline, _md_stages, _md_e2e, _md_scale, _md_charts):
+        lines += section(res)
+    return "\n".join(lines)
+
+
+def _md_header(res: dict) -> list[str]:
+    m, v = res["machine"], res["versions"]
+    return [
         f"# octbatch bench, {res['created']}",
         "",
         f"**Machine**: {m['cpu']}, {m['cores']} usable core(s), {m['memory_gib']} GiB, "
@@ -63,6 +70,11 @@ def render_markdown(res: dict) -> str:
         "## Headline",
         "",
     ]
+
+
+def _md_headline(res: dict) -> list[str]:
+    d = res["derived"]
+    lines: list[str] = []
     ceiling = d.get("combined_ceiling")
     lines.append(
         f"- Combined ceiling ({d['rule']}, decoder `{d['decoder']}`, batch {d['batch_size']}, {d['threads']} threads): "
@@ -78,6 +90,11 @@ def render_markdown(res: dict) -> str:
         lines.append(f"- experiment {name}: {ratio:.2f}x the default run")
     if d.get("ceiling_note"):
         lines.append(f"- ({d['ceiling_note']}.)")
+    return lines
+
+
+def _md_stages(res: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "## Stage ceilings (each stage alone)",
@@ -85,7 +102,7 @@ def render_markdown(res: dict) -> str:
         "| stage | configuration | median | spread | unit |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in res["rows"]:
         if r["kind"] not in ("stage", "ceiling"):
             continue
         if r["kind"] == "ceiling":
@@ -94,6 +111,13 @@ def render_markdown(res: dict) -> str:
             lines.append(f"| {r['name']} | {_cfg(r)} | skipped: {r['skipped']} | | {r['unit']} |")
             continue
         lines.append(f"| {r['name']} | {_cfg(r)} | {fmt_rate(r.get('median'))} | {_spread(r)} | {r['unit']} |")
+    return lines
+
+
+def _md_e2e(res: dict) -> list[str]:
+    d = res["derived"]
+    ceiling = d.get("combined_ceiling")
+    lines: list[str] = []
     lines += [
         "",
         "## End to end and baselines (same archive, same model, one bench run)",
@@ -101,7 +125,7 @@ def render_markdown(res: dict) -> str:
         "| method | median img/s | spread | vs ceiling | octbatch is | peak RSS MiB | note |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in res["rows"]:
         if r["kind"] not in ("e2e", "baseline", "experiment"):
             continue
         if r.get("skipped") or r.get("error"):
@@ -126,7 +150,12 @@ def render_markdown(res: dict) -> str:
             f"| {r['name']} | {fmt_rate(r['median'])} | {_spread(r)} | {eff} | {f'{ratio:.2f}x' if ratio else '–'} | "
             f"{fmt_rate(r.get('peak_rss_mb'))} | {note.strip()} |"
         )
-    scale = [r for r in rows if r["kind"] == "scale"]
+    return lines
+
+
+def _md_scale(res: dict) -> list[str]:
+    lines: list[str] = []
+    scale = [r for r in res["rows"] if r["kind"] == "scale"]
     if scale:
         src = next((r.get("source") for r in scale if r.get("source")), "")
         lines += [
@@ -149,6 +178,11 @@ def render_markdown(res: dict) -> str:
             "`discover (count)`: octbatch.archive.discover alone. `discover (keys)`: discovery while holding the per-file "
             "key set that `octbatch run` keeps (its memory at that archive size, before any inference).",
         ]
+    return lines
+
+
+def _md_charts(res: dict) -> list[str]:
+    lines: list[str] = []
     charts = res.get("charts")
     lines += [""]
     if isinstance(charts, list) and charts:
@@ -156,7 +190,7 @@ def render_markdown(res: dict) -> str:
     elif isinstance(charts, str):
         lines.append(f"Charts: {charts}")
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]:
@@ -168,10 +202,13 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
     from ..report.charts import figure  # the HTML report's figures: matplotlib's object API, no pyplot state
 
     outdir = Path(outdir)
-    paths = []
-    rows = res["rows"]
-    d = res["derived"]
+    paths = [p for p in (_throughput_chart(res, outdir, figure), _scaling_chart(res, outdir, figure)) if p]
+    return paths, ""
 
+
+def _throughput_chart(res: dict, outdir: Path, figure) -> str | None:
+    """throughput.png: every img/s row as a bar (median, min-max), the combined ceiling as a line."""
+    rows, d = res["rows"], res["derived"]
     bars = []
     for r in rows:
         if r.get("median") is None or r["kind"] == "scale" or r.get("unit") != "img/s":
@@ -184,56 +221,61 @@ def render_charts(res: dict, outdir: str | os.PathLike) -> tuple[list[str], str]
             + (f" ({r['when']} e2e)" if r.get("when") else "")
         )
         bars.append((label, r["median"], r.get("min", r["median"]), r.get("max", r["median"]), r["kind"]))
-    if bars:
-        colors = {
-            "stage": "#8fa8c8",
-            "ceiling": "#5b7fae",
-            "e2e": "#2a6f3a",
-            "baseline": "#c0504d",
-            "experiment": "#d9a441",
-        }
-        fig = figure(8, 0.35 * len(bars) + 1.5)
-        ax = fig.subplots()
-        ys = range(len(bars))
-        ax.barh(
-            list(ys),
-            [b[1] for b in bars],
-            color=[colors[b[4]] for b in bars],
-            xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]],
-            capsize=2,
+    if not bars:
+        return None
+    colors = {
+        "stage": "#8fa8c8",
+        "ceiling": "#5b7fae",
+        "e2e": "#2a6f3a",
+        "baseline": "#c0504d",
+        "experiment": "#d9a441",
+    }
+    fig = figure(8, 0.35 * len(bars) + 1.5)
+    ax = fig.subplots()
+    ys = range(len(bars))
+    ax.barh(
+        list(ys),
+        [b[1] for b in bars],
+        color=[colors[b[4]] for b in bars],
+        xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]],
+        capsize=2,
+    )
+    ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    if d.get("combined_ceiling"):
+        ax.axvline(
+            d["combined_ceiling"], color="k", ls="--", lw=1, label=f"combined ceiling {d['combined_ceiling']:.0f}"
         )
-        ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=8)
-        ax.invert_yaxis()
-        if d.get("combined_ceiling"):
-            ax.axvline(
-                d["combined_ceiling"], color="k", ls="--", lw=1, label=f"combined ceiling {d['combined_ceiling']:.0f}"
-            )
-            ax.legend(fontsize=8, loc="lower right")
-        ax.set_xlabel("images per second (median, min–max)")
-        ax.set_title("octbatch bench: stages, end to end, baselines", fontsize=10)
-        p = outdir / "throughput.png"
-        fig.savefig(p, dpi=90)
-        paths.append(str(p))
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("images per second (median, min–max)")
+    ax.set_title("octbatch bench: stages, end to end, baselines", fontsize=10)
+    p = outdir / "throughput.png"
+    fig.savefig(p, dpi=90)
+    return str(p)
 
+
+def _scaling_chart(res: dict, outdir: Path, figure) -> str | None:
+    """scaling.png: discovery seconds and peak RSS against archive size."""
+    rows = res["rows"]
     scale = [
         r for r in rows if r["kind"] == "scale" and r.get("seconds") is not None and r["name"].startswith("discover")
     ]
-    if scale:
-        fig = figure(9, 3.4)
-        a1, a2 = fig.subplots(1, 2)
-        for mode in sorted({r["name"] for r in scale}):
-            pts = sorted((r["files"], r["seconds"], r.get("peak_rss_mb") or 0) for r in scale if r["name"] == mode)
-            a1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
-            a2.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=mode)
-        for a, yl in ((a1, "discovery seconds"), (a2, "peak RSS (MiB)")):
-            a.set_xscale("log")
-            a.set_xlabel("files in archive")
-            a.set_ylabel(yl)
-            a.grid(alpha=0.3)
-            a.legend(fontsize=8)
-        a1.set_yscale("log")
-        fig.suptitle("octbatch bench: scaling", fontsize=10)
-        p = outdir / "scaling.png"
-        fig.savefig(p, dpi=90)
-        paths.append(str(p))
-    return paths, ""
+    if not scale:
+        return None
+    fig = figure(9, 3.4)
+    a1, a2 = fig.subplots(1, 2)
+    for mode in sorted({r["name"] for r in scale}):
+        pts = sorted((r["files"], r["seconds"], r.get("peak_rss_mb") or 0) for r in scale if r["name"] == mode)
+        a1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
+        a2.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=mode)
+    for a, yl in ((a1, "discovery seconds"), (a2, "peak RSS (MiB)")):
+        a.set_xscale("log")
+        a.set_xlabel("files in archive")
+        a.set_ylabel(yl)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    a1.set_yscale("log")
+    fig.suptitle("octbatch bench: scaling", fontsize=10)
+    p = outdir / "scaling.png"
+    fig.savefig(p, dpi=90)
+    return str(p)

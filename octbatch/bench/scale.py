@@ -17,7 +17,9 @@ __all__ = ["scale_rows"]
 
 
 def scale_rows(cfg: BenchConfig, ctx: dict, threads: int, log) -> list[dict]:
-    rows = []
+    """For each size in cfg.scale: link an archive of that many files, time discovery (count, keys) and,
+    up to cfg.scale_e2e_max files, `octbatch run`. The linked archives are removed unless cfg.scale_dir."""
+    rows: list[dict] = []
     real = real_data_dir()
     srcs = image_files(real) if real else []
     base = Path(cfg.scale_dir) if cfg.scale_dir else Path(tempfile.mkdtemp(prefix="octbatch-bench-scale-"))
@@ -37,57 +39,58 @@ def scale_rows(cfg: BenchConfig, ctx: dict, threads: int, log) -> list[dict]:
             build_s = time.perf_counter() - t0
             for mode in ("count", "keys"):
                 log(f"scale: discover {n} ({mode})")
-                res, rss = spawn({"method": "discover", "archive": str(root), "mode": mode}, 900)
-                if "error" in res:
-                    rows.append(row("scale", f"discover ({mode})", None, "files/s", ctx, files=n, error=res["error"]))
-                    continue
-                rows.append(
-                    row(
-                        "scale",
-                        f"discover ({mode})",
-                        None,
-                        "files/s",
-                        ctx,
-                        files=res["files"],
-                        seconds=res["seconds"],
-                        median=res["files_s"],
-                        peak_rss_mb=round(rss, 1),
-                        rss_before_mb=round(res["rss_before_mb"], 1),
-                        build_seconds=round(build_s, 1),
-                        source=source_note,
-                    )
-                )
+                rows.append(_discover_row(root, n, mode, ctx, build_s, source_note))
             if n <= cfg.scale_e2e_max:
                 log(f"scale: octbatch run on {n}")
-                res, rss = spawn(
-                    {
-                        "method": "octbatch",
-                        "archive": str(root),
-                        "out": str(base / f"out-{n}.parquet"),
-                        "model": ctx["model_path"],
-                        "engine": cfg.engine,
-                        "batch_size": cfg.run_batch_size,
-                        "threads": threads,
-                    },
-                    1800,
-                )
-                rows.append(
-                    row(
-                        "scale",
-                        "octbatch run",
-                        None,
-                        "img/s",
-                        ctx,
-                        files=res.get("files", n),
-                        seconds=res.get("seconds"),
-                        median=res.get("img_s"),
-                        peak_rss_mb=round(rss, 1),
-                        error=res.get("error"),
-                        source=source_note,
-                    )
-                )
+                rows.append(_run_row(cfg, root, base, n, ctx, threads, source_note))
     finally:
         if not cfg.scale_dir:
             log("scale: removing the linked archives")
             shutil.rmtree(base, ignore_errors=True)
     return rows
+
+
+def _discover_row(root: Path, n: int, mode: str, ctx: dict, build_s: float, source_note: str) -> dict:
+    res, rss = spawn({"method": "discover", "archive": str(root), "mode": mode}, 900)
+    if "error" in res:
+        return row("scale", f"discover ({mode})", None, "files/s", ctx, files=n, error=res["error"])
+    return row(
+        "scale",
+        f"discover ({mode})",
+        None,
+        "files/s",
+        ctx,
+        files=res["files"],
+        seconds=res["seconds"],
+        median=res["files_s"],
+        peak_rss_mb=round(rss, 1),
+        rss_before_mb=round(res["rss_before_mb"], 1),
+        build_seconds=round(build_s, 1),
+        source=source_note,
+    )
+
+
+def _run_row(cfg: BenchConfig, root: Path, base: Path, n: int, ctx: dict, threads: int, source_note: str) -> dict:
+    spec = {
+        "method": "octbatch",
+        "archive": str(root),
+        "out": str(base / f"out-{n}.parquet"),
+        "model": ctx["model_path"],
+        "engine": cfg.engine,
+        "batch_size": cfg.run_batch_size,
+        "threads": threads,
+    }
+    res, rss = spawn(spec, 1800)
+    return row(
+        "scale",
+        "octbatch run",
+        None,
+        "img/s",
+        ctx,
+        files=res.get("files", n),
+        seconds=res.get("seconds"),
+        median=res.get("img_s"),
+        peak_rss_mb=round(rss, 1),
+        error=res.get("error"),
+        source=source_note,
+    )
