@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from octbatch.bench import (
-    _image_files,
+    image_files,
     library_versions,
     machine_facts,
     measure_rate,
@@ -175,7 +175,7 @@ def main(argv=None):
     root = Path(a.archive) if a.archive else real_data_dir()
     if root is None:
         sys.exit("no archive: pass --archive DIR (the real scans are not on this machine)")
-    files = [str(p) for p in _image_files(root) if str(p).lower().endswith((".jpeg", ".jpg"))][: a.files]
+    files = [str(p) for p in image_files(root) if str(p).lower().endswith((".jpeg", ".jpg"))][: a.files]
     spec = Preprocessing(input_size=(a.size, a.size))
     threads = [int(t) for t in a.threads.split(",")]
     sizes = [os.path.getsize(p) for p in files]

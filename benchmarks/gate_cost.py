@@ -61,9 +61,10 @@ def main() -> None:
     from dali_cpu import link_archive
 
     from octbatch.backends import make_runner
-    from octbatch.bench import machine_facts, measure_rate
+    from octbatch.bench import measure_rate
     from octbatch.decode.cpu import CpuDecoder
     from octbatch.gate import Gate
+    from octbatch.machine import machine_facts
     from octbatch.model import load_model_info
     from octbatch.preprocess import normalize_into
 

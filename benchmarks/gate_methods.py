@@ -29,23 +29,10 @@ import numpy as np
 
 
 def decode_all(items, spec, threads):
-    from concurrent.futures import ThreadPoolExecutor
+    """(uint8 images, ok mask) of items through the classifier's decode (octbatch.training.cache.decode_all)."""
+    from octbatch.training.cache import decode_all as decode_paths
 
-    from octbatch.decode.base import read_bytes
-    from octbatch.decode.cpu import decode_image
-
-    imgs = np.zeros((len(items), spec.height, spec.width), np.uint8)
-    ok = np.zeros(len(items), bool)
-
-    def work(i):
-        try:
-            imgs[i] = decode_image(read_bytes(items[i].path), spec)[0]
-            ok[i] = True
-        except Exception:  # noqa: BLE001
-            pass
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, range(len(items))))
+    imgs, ok, _ = decode_paths([it.path for it in items], spec, threads=threads)
     return imgs, ok
 
 

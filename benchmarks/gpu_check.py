@@ -346,7 +346,7 @@ def check_torch_cuda(archive: str, model: str) -> dict:
     if torch is None or not torch.cuda.is_available():
         return record("torch_cuda", "absent", reason=err or "torch has no CUDA device")
     from octbatch.model import load_model_info
-    from octbatch.train import build_model
+    from octbatch.training.net import build_model
 
     info = load_model_info(model)
     spec = info.preprocessing

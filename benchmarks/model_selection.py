@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from octbatch.train import train
+from octbatch.training import train
 
 CANDIDATES = {
     "small (16/32/64/128)": dict(widths=(16, 32, 64, 128)),

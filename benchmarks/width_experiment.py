@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from octbatch.train import train
+from octbatch.training import train
 
 CONFIGS = {
     "center_crop": dict(resize="center_crop", lateral_scale=None),

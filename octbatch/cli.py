@@ -507,7 +507,7 @@ def train(data_dir, out, epochs, seed, threads, resize, lateral_scale, report_di
     Example:
         octbatch train ../shared/data/oct2017 --out my-model.onnx --report-dir my-report
     """
-    from .train import train as train_model
+    from .training import train as train_model
 
     kw = {"seed": seed}
     if epochs is not None:

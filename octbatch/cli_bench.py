@@ -8,7 +8,7 @@ __all__ = ["bench", "register"]
 
 
 def _csv(values, conv=str) -> tuple:
-    out = []
+    out: list = []
     for v in values or ():
         out.extend(conv(x) for x in str(v).split(",") if x.strip())
     return tuple(out)
@@ -101,68 +101,71 @@ def bench(
 
     Writes results.json (every row, with machine and versions), summary.md and PNG charts to --out.
     """
-    from .bench import BenchConfig, run_bench
+    from .bench import run_bench
+
+    cfg = _bench_config(dict(locals()))
+    log = (lambda m: None) if quiet else (lambda m: click.echo(f"octbatch bench: {m}", err=True))
+    res = run_bench(cfg, log)
+    if not quiet:
+        _echo_summary(res, out)
+
+
+def _bench_config(o: dict):
+    """The BenchConfig of the command's options, refusing inconsistent ones."""
+    from .bench import BenchConfig
     from .errors import OctbatchError
 
-    if archive and synthetic:
+    if o["archive"] and o["synthetic"]:
         raise OctbatchError(
             "--archive and --synthetic are exclusive",
             "Give one of them (or neither for the real scans / a synthetic default).",
         )
-    if min_seconds <= 0 or repeats < 1 or warmup < 0:
+    if o["min_seconds"] <= 0 or o["repeats"] < 1 or o["warmup"] < 0:
         raise OctbatchError(
             "--min-seconds must be positive, --repeats at least 1, --warmup not negative", "Fix the option values."
         )
     try:
-        sizes = _csv([scale], int) if scale else ()
-        bss = _csv(batch_sizes, int)
+        sizes = _csv([o["scale"]], int) if o["scale"] else ()
+        bss = _csv(o["batch_sizes"], int)
     except ValueError:
         raise OctbatchError(
             "--scale and --batch-sizes take comma-separated integers", "e.g. --scale 10000,100000"
         ) from None
-    cfg = BenchConfig(
-        out=out,
-        archive=archive,
-        synthetic=synthetic,
-        files=files,
-        model=model,
-        engine=engine,
-        backends=_csv(backends),
-        decoders=_csv(decoders),
+    same = ("out", "archive", "synthetic", "files", "model", "engine", "min_seconds", "repeats", "warmup", "threads")
+    return BenchConfig(
+        **{k: o[k] for k in same},
+        backends=_csv(o["backends"]),
+        decoders=_csv(o["decoders"]),
         batch_sizes=bss,
-        executors=_csv(executors),
-        baselines=_csv(baselines),
-        min_seconds=min_seconds,
-        repeats=repeats,
-        warmup=warmup,
-        threads=threads,
-        run_batch_size=run_batch_size,
+        executors=_csv(o["executors"]),
+        baselines=_csv(o["baselines"]),
+        run_batch_size=o["run_batch_size"],
         scale=sizes,
-        scale_e2e_max=scale_e2e_max,
-        scale_dir=scale_dir,
-        charts=not no_charts,
-        quick=quick,
+        scale_e2e_max=o["scale_e2e_max"],
+        scale_dir=o["scale_dir"],
+        charts=not o["no_charts"],
+        quick=o["quick"],
     )
-    log = (lambda m: None) if quiet else (lambda m: click.echo(f"octbatch bench: {m}", err=True))
-    res = run_bench(cfg, log)
+
+
+def _echo_summary(res: dict, out: str) -> None:
     d = res["derived"]
-    if not quiet:
-        eff = f"{100 * d['efficiency']:.0f}%" if d.get("efficiency") else "n/a"
-        click.echo(
-            f"octbatch bench: octbatch run {d.get('octbatch_img_s') or 0:,.0f} img/s = {eff} of the combined ceiling "
-            f"{d.get('combined_ceiling') or 0:,.0f} img/s; "
-            + ", ".join(f"{k} x{v:.2f}" for k, v in d.get("ratios", {}).items()),
-            err=True,
-        )
-        click.echo(
-            f"octbatch bench: wrote {out}/results.json, {out}/summary.md"
-            + (
-                f" and {len(res['charts'])} chart(s)"
-                if isinstance(res.get("charts"), list) and res["charts"]
-                else f" (charts: {res.get('charts') or 'off'})"
-            ),
-            err=True,
-        )
+    eff = f"{100 * d['efficiency']:.0f}%" if d.get("efficiency") else "n/a"
+    click.echo(
+        f"octbatch bench: octbatch run {d.get('octbatch_img_s') or 0:,.0f} img/s = {eff} of the combined ceiling "
+        f"{d.get('combined_ceiling') or 0:,.0f} img/s; "
+        + ", ".join(f"{k} x{v:.2f}" for k, v in d.get("ratios", {}).items()),
+        err=True,
+    )
+    click.echo(
+        f"octbatch bench: wrote {out}/results.json, {out}/summary.md"
+        + (
+            f" and {len(res['charts'])} chart(s)"
+            if isinstance(res.get("charts"), list) and res["charts"]
+            else f" (charts: {res.get('charts') or 'off'})"
+        ),
+        err=True,
+    )
 
 
 def register(group: click.Group) -> None:

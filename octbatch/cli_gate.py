@@ -48,7 +48,7 @@ def train_gate(oct_dir, non_oct_dir, out, model, seed, epochs, threads, holdout,
           --out octbatch/models/oct-gate-v1.onnx --holdout --metrics engines/gate-metrics.json
     """
     from .config import default_threads
-    from .gate_train import train_gate_file
+    from .training.gate_eval import train_gate_file
 
     kw = {}
     if epochs is not None:

@@ -75,7 +75,7 @@ def markdown_blocks(md: str, folder: str | Path) -> list[dict]:
 
 def bench_html(res: dict, folder: str | Path) -> str:
     """The HTML page of one bench result (the dict results.json holds); charts are read from ``folder``."""
-    from ..bench_report import render_markdown
+    from ..bench.render import render_markdown
     from .html import environment
 
     return (
