@@ -6,7 +6,7 @@ only when the stage that needs them runs.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "run", "merge", "RunConfig", "OctbatchError"]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from ._version import __version__
 from .archive import FileEntry, discover
 from .config import RunConfig, default_threads
 from .errors import ExitCode, OctbatchError
