@@ -108,7 +108,7 @@ def test_table_is_readable_by_pandas_polars_and_duckdb(bad_archive, tmp_path, ti
 
 
 def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, monkeypatch):
-    from octbatch import pipeline
+    from octbatch import pipeline, plan
     from octbatch.synth import make_archive
 
     root = tmp_path / "a"
@@ -122,7 +122,7 @@ def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, mon
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **kw)
 
-    real_discover = pipeline.discover
+    real_discover = plan.discover
 
     def discover_then_delete(*a, **kw):
         for e in real_discover(*a, **kw):
@@ -131,7 +131,7 @@ def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, mon
                 os.unlink(vanishing)
 
     monkeypatch.setattr("octbatch.decode.base.os.open", guarded_open)
-    monkeypatch.setattr(pipeline, "discover", discover_then_delete)
+    monkeypatch.setattr(plan, "discover", discover_then_delete)
     monkeypatch.setattr(pipeline, "_count_in_background", lambda *a, **k: None)
     out = tmp_path / "r.parquet"
     res = invoke("run", root, "--out", out, "--model", tiny_model, "-q", "--threads", 1)
