@@ -2,10 +2,11 @@
 
 Precedence: CLI option > OCTBATCH_* environment variable > TOML file > default. The CLI gets the
 middle two from Click (each option names its envvar, given beside the field below; the TOML file
-becomes Click's default_map); Python callers build RunConfig directly. A field left at None takes
-its default. The parsers fail early, before anything runs, with the same `Error: ...` texts the deep
-code gave. `resolve(cfg)` turns the defaults that depend on the machine, the model or an engine into
-concrete choices once (executor, decoder, backend, threads, model info), callable from Python.
+becomes Click's default_map: `--config FILE` or $OCTBATCH_CONFIG); Python callers build RunConfig
+directly. A field left at None takes its default. The parsers fail early, before anything runs,
+with the same `Error: ...` texts the deep code gave. `resolve(cfg)` turns the defaults that depend
+on the machine, the model or an engine into concrete choices once (executor, decoder, backend,
+threads, model info), callable from Python.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class RunConfig:
     workers: int | None = None  # --workers, $OCTBATCH_WORKERS; None: one per GPU, else one per 2 CPUs
     gpus_per_worker: float | None = None  # --gpus-per-worker, $OCTBATCH_GPUS_PER_WORKER; None: 1 when GPUs
     max_shard_retries: int = 2  # --max-shard-retries, $OCTBATCH_MAX_SHARD_RETRIES
-    fault_hook: str | None = None
+    fault_hook: str | None = None  # tests only: $OCTBATCH_FAULT (read by cli.py; see worker.py)
     # volumes (DICOM, multi-page TIFF): octbatch.frames, octbatch.phi, octbatch.volumes
     formats: tuple[str, ...] = ()  # --formats, $OCTBATCH_FORMATS; (): every format: jpeg, png, tiff, dicom
     phi: str = "pseudonymise"  # --phi, $OCTBATCH_PHI: pseudonymise | keep
