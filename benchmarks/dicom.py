@@ -105,13 +105,9 @@ if mode == "before":
     for e in m.discover(root):
         keys.add(entry_key(e.path, e.size, e.mtime_ns // 1000)); n += 1
 else:
-    from octbatch.config import RunConfig
-    from octbatch.frames import entry_row_key
-    from octbatch.pipeline import _discover
-    from octbatch.shards import WorkDir
-    cfg = RunConfig(archive=root, out="/nonexistent/r.parquet")
-    for e in _discover(root, cfg, WorkDir("/nonexistent/r.parquet"), lambda pid: None):
-        keys.add(entry_row_key(e)); n += 1
+    from octbatch.plan import Selection, keyed_entries
+    for e, key in keyed_entries(Selection(root), "/nonexistent/r.parquet.parts", lambda pid: None):
+        keys.add(key); n += 1
 print(json.dumps({"n": n, "s": time.perf_counter() - t, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

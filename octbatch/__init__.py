@@ -1,14 +1,14 @@
 """octbatch: batch classification of retinal OCT scan archives into one Parquet table.
 
 `import octbatch` is light: the heavy libraries (onnxruntime, TensorRT, DALI, Ray, torch) load
-only when the stage that needs them runs.
+only when the stage that needs them runs. The public names load on first use.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["__version__", "run", "merge", "RunConfig", "OctbatchError"]
+__all__ = ["__version__", "run", "merge", "RunConfig", "RunSummary", "ExitCode", "OctbatchError"]
 
 
 def __getattr__(name: str):
@@ -20,8 +20,12 @@ def __getattr__(name: str):
         from .config import RunConfig
 
         return RunConfig
-    if name == "OctbatchError":
-        from .errors import OctbatchError
+    if name == "RunSummary":
+        from .summary import RunSummary
 
-        return OctbatchError
+        return RunSummary
+    if name in ("OctbatchError", "ExitCode"):
+        from . import errors
+
+        return getattr(errors, name)
     raise AttributeError(name)

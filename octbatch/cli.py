@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import ExitCode, OctbatchError
 
 __all__ = ["cli", "main"]
@@ -57,13 +57,6 @@ def _config_defaults(ctx, param, value):
 )
 def cli():
     """Classify archives of retinal OCT scans into one Parquet table."""
-
-
-def _csv(values) -> tuple[str, ...]:
-    out = []
-    for v in values or ():
-        out.extend(x for x in v.split(",") if x)
-    return tuple(out)
 
 
 def _model_options(f):
@@ -126,8 +119,12 @@ def _model_options(f):
 @click.option("--exclude", multiple=True, help="Skip paths matching this glob (repeatable, or comma-separated).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output and its unfinished work.")
 @click.option(
-    "--shard", envvar="OCTBATCH_SHARD", help="Process only slice i of N (i/N, from 0); assemble with octbatch merge."
+    "--slice",
+    metavar="I/N",
+    envvar=["OCTBATCH_SLICE", "OCTBATCH_SHARD"],
+    help="Process only slice i of N (from 0), e.g. one task of a job array; assemble with octbatch merge.",
 )
+@click.option("--shard", hidden=True, help="Former name of --slice.")
 @click.option(
     "--shard-size",
     type=int,
@@ -142,7 +139,13 @@ def _model_options(f):
     default=64_000_000,
     help="Refuse images whose header claims more pixels (decompression bombs).",
 )
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", envvar="OCTBATCH_EXECUTOR")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    envvar="OCTBATCH_EXECUTOR",
+    help="Where shards run [default: local; ray when --ray-address or --workers is given].",
+)
 @click.option(
     "--ray-address", envvar="OCTBATCH_RAY_ADDRESS", help="auto, ray://host:port or host:port; none starts a local Ray."
 )
@@ -240,6 +243,7 @@ def run(
     include,
     exclude,
     overwrite,
+    slice,  # the option's name (and its TOML key)
     shard,
     shard_size,
     retry_errors,
@@ -278,13 +282,12 @@ def run(
     \b
     Example:
       octbatch run /archive --out results.parquet --volumes volumes.parquet
+      octbatch run /archive --out results.parquet --slice 3/8   # one task of a job array
     """
-    from .config import RunConfig
+    from .config import RunConfig, split_csv
     from .pipeline import run as run_pipeline
     from .progress import make_reporter
 
-    if executor == "local" and (ray_address or workers):
-        executor = "ray"
     cfg = RunConfig(
         archive=archive,
         out=out,
@@ -300,30 +303,30 @@ def run(
         batch_size=batch_size,
         threads=threads,
         limit=limit,
-        include=_csv(include),
-        exclude=_csv(exclude),
+        include=split_csv(include),
+        exclude=split_csv(exclude),
         overwrite=overwrite,
-        shard=shard,
+        slice=slice or shard,
         shard_size=shard_size,
         retry_errors=retry_errors,
         max_pixels=max_pixels,
         executor=executor,
         ray_address=ray_address,
         workers=workers,
-        gpus_per_worker=gpus_per_worker if gpus_per_worker is not None else -1.0,
+        gpus_per_worker=gpus_per_worker,
         max_shard_retries=max_shard_retries,
         storage_options=tuple(storage_options),
         gate=gate,
         gate_model=gate_model,
         gate_threshold=gate_threshold,
-        formats=_csv(formats),
+        formats=split_csv(formats),
         phi=phi,
         phi_key_file=phi_key_file,
         max_volume_pixels=max_volume_pixels,
         volumes=volumes_out,
         volume_min_frames=min_frames,
         volume_min_prob=min_prob,
-        referral=_csv(referral),
+        referral=split_csv(referral),
     )
     reporter = make_reporter(quiet=quiet, verbose=verbose, no_progress=no_progress)
     summary = run_pipeline(cfg, reporter)
@@ -381,7 +384,14 @@ def _print_summary(s) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def merge(out, archive, allow_missing, as_json, quiet):
-    """Assemble the parts of `octbatch run --shard i/N` runs into OUT."""
+    """Assemble the parts of `octbatch run --slice i/N` runs into OUT.
+
+    \b
+    Example:
+      octbatch run /archive --out results.parquet --slice 0/2
+      octbatch run /archive --out results.parquet --slice 1/2
+      octbatch merge results.parquet
+    """
     from .pipeline import merge as merge_parts
 
     s = merge_parts(out, archive=archive, allow_missing=allow_missing)
@@ -465,7 +475,13 @@ def report(results, as_json, html_out, archive, top, referrals, png_dir):
 @click.option("--seed", type=int, default=0)
 @click.option("--no-broken", is_flag=True, help="Do not add the three broken files.")
 def synth(directory, n, seed, no_broken):
-    """Write a labelled synthetic archive of OCT-like scans (plus a few broken files)."""
+    """Write a labelled synthetic archive of OCT-like scans (plus a few broken files).
+
+    \b
+    Example:
+      octbatch synth demo-archive --n 200
+      octbatch run demo-archive --out demo.parquet
+    """
     from .synth import make_archive
 
     info = make_archive(directory, n, seed=seed, broken=not no_broken)

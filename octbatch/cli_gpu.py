@@ -35,6 +35,10 @@ def verify_preproc(archive, model, limit, device, batch_size, threads, as_json):
 
     Reports the largest, mean and 99.9th-percentile uint8 pixel difference, the model's top-1
     agreement, and every file that decodes in one path but not the other. Needs the `dali` extra.
+
+    \b
+    Example:
+      octbatch verify-preproc /archive --limit 512
     """
     from .gpu_path import verify_preprocessing
 

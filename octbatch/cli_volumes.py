@@ -26,14 +26,11 @@ def volumes(results, out, min_frames, min_prob, referral):
     Example:
       octbatch volumes results.parquet --out volumes.parquet --min-frames 2
     """
+    from .config import split_csv
     from .volumes import write_volumes
 
-    n = write_volumes(results, out, referral=_csv(referral), min_frames=min_frames, min_prob=min_prob)
+    n = write_volumes(results, out, referral=split_csv(referral), min_frames=min_frames, min_prob=min_prob)
     click.echo(f"octbatch: wrote {n} volume row(s) to {out}", err=True)
-
-
-def _csv(values) -> tuple[str, ...]:
-    return tuple(x for v in values or () for x in str(v).split(",") if x)
 
 
 def register(group: click.Group) -> None:

@@ -5,8 +5,39 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any, Protocol
 
-__all__ = ["make_reporter", "RichReporter", "LineReporter"]
+__all__ = ["make_reporter", "Reporter", "NullReporter", "RichReporter", "LineReporter"]
+
+
+class Reporter(Protocol):
+    """What the pipeline tells about progress (a reporter may also set `wants_total = True` to get a
+    count of the pending files, made on a side thread)."""
+
+    def start(self, what: str) -> None: ...
+    def set_total(self, total: int) -> None: ...
+    def advance(self, files: int, errors: int) -> None: ...
+    def log(self, msg: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullReporter:
+    """Reports nothing (Python callers, --quiet)."""
+
+    def start(self, what: str) -> None:
+        pass
+
+    def set_total(self, total: int) -> None:
+        pass
+
+    def advance(self, files: int, errors: int) -> None:
+        pass
+
+    def log(self, msg: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 class RichReporter:
@@ -39,7 +70,7 @@ class RichReporter:
             console=console,
             transient=False,
         )
-        self.task = None
+        self.task: Any = None  # rich's TaskID once started
 
     def start(self, what):
         self.progress.start()
@@ -106,9 +137,7 @@ class LineReporter:
         pass
 
 
-def make_reporter(*, quiet: bool, verbose: int, no_progress: bool):
-    from .pipeline import NullReporter
-
+def make_reporter(*, quiet: bool, verbose: int, no_progress: bool) -> Reporter:
     if quiet:
         return NullReporter()
     if not no_progress and sys.stderr.isatty():

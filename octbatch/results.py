@@ -1,4 +1,4 @@
-"""The output table: Arrow schema, per-shard part files (temp + atomic rename), and the merge."""
+"""The output table: Arrow schema, per-shard part files (temp + atomic rename), atomic writes, row keys."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import OctbatchError
-from .frames import PROVENANCE_FIELDS, provenance_values
+from .frames import PROVENANCE_FIELDS, provenance_values, row_key
 
 __all__ = [
     "make_schema",
@@ -29,6 +30,8 @@ __all__ = [
     "fsync_dir",
     "STATUSES",
     "PREDICTED_STATUSES",
+    "schema_from_metadata",
+    "row_keys",
 ]
 
 META_KEY = b"octbatch"
@@ -103,6 +106,8 @@ class ShardRows:
         """gate: None (off) or (scores, reasons, mode) from octbatch.gate; a readable file with a
         reason gets status `suspect` (mode flag: prediction kept) or `not_oct` (mode reject)."""
         c = self.cols
+        scores: Any
+        reasons: Any
         scores, reasons, mode = gate if gate is not None else (None, None, "off")
         for k, (e, size, err) in enumerate(zip(entries, sizes, errors)):
             c["path"].append(e.path)
@@ -141,7 +146,8 @@ def rows_to_table(
     argmax = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
     conf = probs.max(axis=1) if n else np.zeros(0, np.float32)
     classes = np.array(rows.classes, dtype=object)
-    pred = pa.array(np.where(status_ok, classes[argmax] if n else classes[:0], None), pa.string())
+    no_pred: Any = None
+    pred = pa.array(np.where(status_ok, classes[argmax] if n else classes[:0], no_pred), pa.string())
     mask = ~status_ok
     arrays = {
         "path": pa.array(rows.cols["path"], pa.string()),
@@ -175,7 +181,7 @@ def rows_to_table(
             "gate_reason": pa.array(rows.cols["gate_reason"], pa.string()),
         }
     )
-    prov = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
+    prov: list = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
     for f, values in zip(PROVENANCE_FIELDS, prov):
         arrays[f.name] = pa.array(list(values), f.type)
     return pa.Table.from_pydict(arrays, schema=schema)
@@ -274,3 +280,41 @@ def file_metadata(model, *, archive_root: str, version: str, extra: dict | None 
     if extra:
         d.update(extra)
     return d
+
+
+def schema_from_metadata(
+    md: dict, *, archive_root: str, version: str, extra: dict | None = None
+) -> tuple[pa.Schema, str]:
+    """(output schema, model sha256) rebuilt from a part's or table's own octbatch metadata, for a
+    merge that has no model file at hand: the same schema file_metadata + make_schema give a run."""
+    from .preprocess import Preprocessing
+
+    classes = tuple(md.get("classes") or ())
+    pre = Preprocessing.from_json(json.dumps(md.get("preprocessing")))
+    d = {
+        "octbatch_version": version,
+        "classes": list(classes),
+        "preprocessing": json.loads(pre.to_json()),
+        "model_sha256": md.get("model_sha256", ""),
+        "model_path": os.path.basename(md.get("model_path", "")),
+        "model_card": md.get("model_card", ""),
+        "archive_root": archive_root,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    return make_schema(classes, d), d["model_sha256"]
+
+
+def row_keys(path: str, with_status: bool = True) -> Iterator[tuple[int, str | None]]:
+    """(row key, status) for every row of a results/part file, read column-wise in batches."""
+    pf = pq.ParquetFile(path)
+    has_frame = "frame" in pf.schema_arrow.names  # tables of octbatch < frames have none
+    cols = ["path", "bytes", "mtime"] + (["status"] if with_status else []) + (["frame"] if has_frame else [])
+    for batch in pf.iter_batches(batch_size=65536, columns=cols):
+        paths = batch.column(0).to_pylist()
+        sizes = batch.column(1).to_pylist()
+        mtimes = batch.column(2).cast(pa.int64()).to_pylist()
+        stats = batch.column(3).to_pylist() if with_status else [None] * len(paths)
+        frames = batch.column("frame").to_pylist() if has_frame else [None] * len(paths)
+        for p, s, m, st, fr in zip(paths, sizes, mtimes, stats, frames, strict=True):
+            yield row_key(p, fr, s, m), st

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Submit an octbatch job to Slurm: an array of N slices (`octbatch run --shard i/N`) and a merge
+# Submit an octbatch job to Slurm: an array of N slices (`octbatch run --slice i/N`) and a merge
 # job that runs after all of them (--dependency=afterany). Safe to run from cron or scrontab
 # every night: reruns classify only new or changed scans, and --dependency=singleton keeps two
 # submissions for the same output from overlapping (the next one waits for the last to end).

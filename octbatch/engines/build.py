@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..backends.registry import PRECISION_CHOICES
 from ..errors import OctbatchError
 from ..model import ModelInfo

@@ -64,7 +64,7 @@ class RayExecutor(Executor):
         self,
         address: str | None = None,
         workers: int | None = None,
-        gpus_per_worker: float = -1.0,
+        gpus_per_worker: float | None = None,
         max_shard_retries: int = 2,
         *,
         num_cpus: int | None = None,
@@ -74,7 +74,8 @@ class RayExecutor(Executor):
     ):
         self.address = address or None
         self.workers = workers
-        self.gpus_per_worker = -1.0 if gpus_per_worker is None else float(gpus_per_worker)
+        # None: not given (a negative number, the former sentinel, means the same)
+        self.gpus_per_worker = None if gpus_per_worker is None or gpus_per_worker < 0 else float(gpus_per_worker)
         self.max_shard_retries = max_shard_retries
         self.num_cpus = num_cpus  # only for a Ray this executor starts; default: this machine's cores
         self.inflight_per_worker = max(1, inflight_per_worker)

@@ -19,16 +19,16 @@ class WorkerPlan:
     cpus_per_worker: int  # reserved from Ray and used as the worker's decode/infer threads
 
 
-def plan_workers(cluster: dict, nodes: list[dict], *, workers: int | None, gpus_per_worker: float) -> WorkerPlan:
+def plan_workers(cluster: dict, nodes: list[dict], *, workers: int | None, gpus_per_worker: float | None) -> WorkerPlan:
     """How many actors, and what each asks Ray for, sized so that every actor fits on one node.
 
     `nodes` are the alive nodes' total resources. A request no single node can hold (2 CPUs per actor
     on 1-CPU nodes, 2 GPUs per actor on 1-GPU nodes, more actors than the nodes have room for) would
     wait forever in Ray's queue: it fails here, at once, with the nodes' sizes in the message.
-    gpus_per_worker < 0 means "not given": 1 when the cluster has GPUs, else CPU actors.
+    gpus_per_worker None (or negative) means "not given": 1 when the cluster has GPUs, else CPU actors.
     """
     total_gpus = float(cluster.get("GPU", 0))
-    gpw = (1.0 if total_gpus else 0.0) if gpus_per_worker < 0 else float(gpus_per_worker)
+    gpw = (1.0 if total_gpus else 0.0) if gpus_per_worker is None or gpus_per_worker < 0 else float(gpus_per_worker)
     if workers is not None and workers < 1:
         raise OctbatchError(
             f"--workers {workers} must be at least 1", "Leave it out for one worker per GPU (or per 2 CPUs)."

@@ -176,7 +176,7 @@ def test_indexed_job_gives_each_pod_its_slice_and_a_gpu():
     script = "\n".join(c["args"])
     n = job["completions"]
     assert job["parallelism"] == n
-    assert '--shard "${JOB_COMPLETION_INDEX}/${SLICES}"' in script
+    assert '--slice "${JOB_COMPLETION_INDEX}/${SLICES}"' in script
     assert {"name": "SLICES", "value": str(n)} in c["env"]
     assert "octbatch merge" in script
     assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == 1

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from octbatch.cli import cli
-from octbatch.shards import RunLock
+from octbatch.workdir import RunLock
 
 
 def invoke(*args):
@@ -101,7 +101,7 @@ def test_crash_during_final_merge_leaves_a_valid_state(tmp_path, tiny_model, mon
         dest.parent.mkdir(exist_ok=True)
         os.link(p, dest)
 
-    from octbatch import pipeline
+    import octbatch.merge as pipeline  # the commit step, where the merge writes
 
     def killed_mid_merge(path, tables, schema, **kw):
         # What kill -9 leaves behind: a half-written temp file beside the output, no rename.

@@ -108,7 +108,7 @@ def test_table_is_readable_by_pandas_polars_and_duckdb(bad_archive, tmp_path, ti
 
 
 def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, monkeypatch):
-    from octbatch import pipeline
+    from octbatch import pipeline, plan
     from octbatch.synth import make_archive
 
     root = tmp_path / "a"
@@ -122,7 +122,7 @@ def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, mon
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **kw)
 
-    real_discover = pipeline.discover
+    real_discover = plan.discover
 
     def discover_then_delete(*a, **kw):
         for e in real_discover(*a, **kw):
@@ -131,7 +131,7 @@ def test_unreadable_and_vanishing_files_get_error_rows(tmp_path, tiny_model, mon
                 os.unlink(vanishing)
 
     monkeypatch.setattr("octbatch.decode.base.os.open", guarded_open)
-    monkeypatch.setattr(pipeline, "discover", discover_then_delete)
+    monkeypatch.setattr(plan, "discover", discover_then_delete)
     monkeypatch.setattr(pipeline, "_count_in_background", lambda *a, **k: None)
     out = tmp_path / "r.parquet"
     res = invoke("run", root, "--out", out, "--model", tiny_model, "-q", "--threads", 1)
@@ -283,3 +283,30 @@ def test_shipped_model_is_the_default(tmp_path, shipped_model):
     res = invoke("run", tmp_path / "a", "--out", tmp_path / "r.parquet", "--json", "-q")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["model"] == shipped_model
+
+
+def test_python_run_uses_the_executor_it_is_given(bad_archive, tmp_path, tiny_model):
+    """pipeline.run(cfg, executor=...): the caller's Executor gets the shards; the table is the same."""
+    from octbatch.config import RunConfig, resolve
+    from octbatch.executors import LocalExecutor
+    from octbatch.pipeline import run
+
+    class Recording(LocalExecutor):
+        def __init__(self):
+            super().__init__(max_shard_retries=0)
+            self.shards = []
+
+        def run(self, shards, cfg, parts_dir, **kw):
+            shards = list(shards)
+            self.shards.extend(s.id for s in shards)
+            return super().run(shards, cfg, parts_dir, **kw)
+
+    root, expected = bad_archive
+    cfg = RunConfig(archive=str(root), out=str(tmp_path / "r.parquet"), model=tiny_model, shard_size=16, threads=1)
+    rr = resolve(cfg)
+    assert (rr.executor, rr.backend, rr.decoder, rr.threads) == ("local", "onnxruntime", "cpu", 1)
+    assert rr.model.classes == ("CNV", "DME", "DRUSEN", "NORMAL")
+    ex = Recording()
+    s = run(cfg, executor=ex)
+    assert len(ex.shards) == -(-s.processed // 16) and s.processed == s.discovered == 40 + len(expected)
+    _check_table(tmp_path / "r.parquet", expected)
