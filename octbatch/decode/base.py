@@ -7,13 +7,20 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
 from ..preprocess import Preprocessing
 
-__all__ = ["DecodeError", "DecodedBatch", "Decoder", "read_bytes", "per_file"]
+__all__ = [
+    "DecodeError",
+    "DecodedBatch",
+    "Decoder",
+    "read_bytes",
+    "per_file",
+    "SNIFF_ABOVE",
+]
 
 
 class DecodeError(Exception):
@@ -62,8 +69,16 @@ def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=
         list(pool.map(guarded, rows))
 
 
-def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
-    """Read one file whole, turning every way it can fail into a DecodeError with a useful message."""
+# Files up to this size are read whole at once; a larger one goes past the decoder's sniffer first.
+SNIFF_ABOVE = 1024 * 1024
+
+
+def read_bytes(
+    path: str, *, max_bytes: int = 512 * 1024 * 1024, sniff: Callable[[BinaryIO], None] | None = None
+) -> bytes:
+    """Read one file whole, turning every way it can fail into a DecodeError with a useful message.
+    `sniff(file)`, given for a file over SNIFF_ABOVE bytes, may refuse it from its first bytes
+    (raising DecodeError) before it is read whole (decode/sniff.py)."""
     if path.startswith("s3://"):
         from ..objstore import read_object
 
@@ -84,6 +99,10 @@ def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
             raise DecodeError("empty file (0 bytes)")
         if st.st_size > max_bytes:
             raise DecodeError(f"file is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        if sniff is not None and st.st_size > SNIFF_ABOVE:
+            with open(fd, "rb", closefd=False) as f:
+                sniff(f)
+            os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         remaining = st.st_size
         while remaining > 0:

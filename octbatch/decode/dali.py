@@ -34,16 +34,17 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..preprocess import Preprocessing, crop_box
 from .base import DecodedBatch, DecodeError, per_file, read_bytes
+from .sniff import JPEG_MAGIC, check_pixels, sniff_image
 
 __all__ = ["DaliDecoder", "DeviceBatch", "build_pipeline", "gpu_available", "cuda_device_count", "DEVICES"]
 
 DEVICES = ("cpu", "gpu")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _EOI = b"\xff\xd9"
 # Bytes some writers leave after the EOI marker; anything else after EOI goes to the CPU decoder.
 _TRAILING_PAD = b"\x00\r\n\x1a "
@@ -104,8 +105,10 @@ def build_pipeline(
 
     require("nvidia.dali", purpose="the DALI decoder")
     import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
+    import nvidia.dali.types
     from nvidia.dali import Pipeline
+
+    types: Any = nvidia.dali.types  # its constants come from a compiled module that mypy cannot see
 
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
@@ -120,7 +123,9 @@ def build_pipeline(
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
         roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
         if gpu:
-            images = fn.decoders.image(encoded, device="mixed", output_type=types.GRAY, hw_decoder_load=hw_decoder_load)
+            images: Any = fn.decoders.image(
+                encoded, device="mixed", output_type=types.GRAY, hw_decoder_load=hw_decoder_load
+            )
         else:
             images = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
         images = fn.resize(
@@ -306,14 +311,15 @@ class DaliDecoder:
         return outs[0]
 
     # -- triage --------------------------------------------------------------------------------
+    def _sniff(self, f: BinaryIO) -> None:
+        sniff_image(f, self.max_pixels)  # non-JPEG files go to decode_image: its sniffer for all
+
     def _triage_one(self, path: str) -> _Item:
         """Read one file and decide where it is decoded; raises DecodeError for a file that is bad already."""
         import simplejpeg
 
-        from .cpu import check_pixels
-
-        data = read_bytes(path)
-        if data[:3] != _JPEG_MAGIC:
+        data = read_bytes(path, sniff=self._sniff)
+        if data[:3] != JPEG_MAGIC:
             return _Item(data, None, None)  # PNG, TIFF, or not an image at all: the CPU decoder says which
         try:
             h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
