@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from .base import DecodedBatch, DecodeError, Decoder, read_bytes
+from .base import DecodedBatch, DecodeError, Decoder, DeviceDecoder, decoder_device, read_bytes
 
-__all__ = ["DecodedBatch", "DecodeError", "Decoder", "read_bytes", "make_decoder", "DECODERS"]
+__all__ = [
+    "DecodedBatch",
+    "DecodeError",
+    "Decoder",
+    "DeviceDecoder",
+    "decoder_device",
+    "read_bytes",
+    "make_decoder",
+    "DECODERS",
+]
 
 DECODERS = ("auto", "cpu", "pillow", "dali")
 

@@ -7,16 +7,21 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..preprocess import Preprocessing
 
+if TYPE_CHECKING:
+    from .dali import DeviceBatch
+
 __all__ = [
     "DecodeError",
     "DecodedBatch",
     "Decoder",
+    "DeviceDecoder",
+    "decoder_device",
     "read_bytes",
     "per_file",
     "SNIFF_ABOVE",
@@ -45,6 +50,21 @@ class Decoder(Protocol):
     def decode_batch(self, paths: Sequence[str]) -> DecodedBatch: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceDecoder(Decoder, Protocol):
+    """A decoder that can also leave a batch where it decoded it (DALI: GPU memory on device="gpu"),
+    for the worker to hand to the backend by pointer (gpu_path.py) instead of through host memory."""
+
+    device: str  # "cpu" or "gpu": where decode_batch_device leaves the model input
+
+    def decode_batch_device(self, paths: Sequence[str]) -> DeviceBatch: ...
+
+
+def decoder_device(decoder: Decoder) -> str:
+    """Where `decoder` decodes: a DeviceDecoder's `device`, "cpu" for every other decoder."""
+    return decoder.device if isinstance(decoder, DeviceDecoder) else "cpu"
 
 
 def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=None) -> None:
