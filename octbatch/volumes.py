@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -98,7 +99,7 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
     if not classes or "pred" not in t.column_names:
         raise OctbatchError(f"{results} is not an octbatch results table", "Give a table written by octbatch run.")
     rule = rule or VolumeRule.from_options(classes, **rule_options)
-    col = {
+    col: dict[str, list[Any]] = {
         n: (t.column(n).to_pylist() if n in t.column_names else [None] * t.num_rows)
         for n in ("path", "frame", "series_uid", "patient_id", "pred", "confidence", "status", "acquired_at", *_FIRST)
     }
@@ -108,7 +109,7 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         else np.zeros((0, len(classes)))
     )
 
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str, Any], list[int]] = {}
     for i in range(t.num_rows):
         if col["series_uid"][i]:
             key = ("dicom_series", col["series_uid"][i])
@@ -138,9 +139,9 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
             *_FIRST,
         )
     }
-    pmax = {c: [] for c in classes}
-    pmean = {c: [] for c in classes}
-    counts = {c: [] for c in classes}
+    pmax: dict[str, list[float | None]] = {c: [] for c in classes}
+    pmean: dict[str, list[float | None]] = {c: [] for c in classes}
+    counts: dict[str, list[int]] = {c: [] for c in classes}
     for (kind, vid), rows in sorted(groups.items()):
         ok = [i for i in rows if col["status"][i] == "ok"]
         preds = [col["pred"][i] for i in ok]
@@ -149,7 +150,8 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         strong = {c: sum(1 for p, q in zip(preds, conf) if p == c and q >= rule.min_prob) for c in classes}
         p = probs[ok] if ok else np.zeros((0, len(classes)))
         found = [c for c in classes if strong[c] >= rule.min_frames]
-        worst = referral = None
+        worst: str | None = None
+        referral: str | None = None
         if ok:
             if found:
                 worst = min(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,16 +47,24 @@ class Aggregate:
     predicted: dict[str, int] = field(default_factory=dict)  # status=ok rows by predicted class (any class name)
     has_labels: bool = False
     labelled: int = 0  # ok rows whose label is one of the model's classes
-    confusion: np.ndarray | None = None  # [true, pred] counts over labelled rows
-    conf_hist: np.ndarray | None = None  # [pred class, bin] counts over ok rows
-    rel_count: np.ndarray | None = None
-    rel_conf: np.ndarray | None = None  # sum of confidence per reliability bin
-    rel_correct: np.ndarray | None = None  # labelled rows predicted right per reliability bin
+    confusion: np.ndarray = field(init=False)  # [true, pred] counts over labelled rows
+    conf_hist: np.ndarray = field(init=False)  # [pred class, bin] counts over ok rows
+    rel_count: np.ndarray = field(init=False)
+    rel_conf: np.ndarray = field(init=False)  # sum of confidence per reliability bin
+    rel_correct: np.ndarray = field(init=False)  # labelled rows predicted right per reliability bin
     # (status, message key) -> {"count", "examples": [(path, full message)]}
     errors: dict[tuple[str, str], dict] = field(default_factory=dict)
     provenance: dict[str, dict[str, int]] = field(default_factory=dict)  # column -> value -> rows
-    patients: object = None  # pyarrow Table (patient_id, pred, n, max_conf) or None without patient_id
-    samples: dict[str, object] = field(default_factory=dict)  # name -> pyarrow Table of chosen rows
+    patients: Any = None  # pyarrow Table (patient_id, pred, n, max_conf) or None without patient_id
+    samples: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow Table of chosen rows
+
+    def __post_init__(self) -> None:
+        k = len(self.classes)
+        self.confusion = np.zeros((k, k), np.int64)
+        self.conf_hist = np.zeros((k, CONF_BINS), np.int64)
+        self.rel_count = np.zeros(RELIABILITY_BINS, np.int64)
+        self.rel_conf = np.zeros(RELIABILITY_BINS, np.float64)
+        self.rel_correct = np.zeros(RELIABILITY_BINS, np.int64)
 
     @property
     def ok(self) -> int:
@@ -102,7 +111,7 @@ class Aggregate:
     @property
     def ece(self) -> float | None:
         """Expected calibration error: sum over bins of (rows in bin / rows) * |accuracy - mean confidence|."""
-        n = int(self.rel_count.sum()) if self.rel_count is not None else 0
+        n = int(self.rel_count.sum())
         if not n:
             return None
         m = self.rel_count > 0
@@ -164,11 +173,6 @@ def aggregate(
         names = names - {"path", "patient_id", *PROVENANCE_COLUMNS}
         cols = [c for c in cols if c in names]
     a = Aggregate(path=path, metadata=md, classes=classes, has_labels="label" in names)
-    a.confusion = np.zeros((k, k), np.int64)
-    a.conf_hist = np.zeros((k, CONF_BINS), np.int64)
-    a.rel_count = np.zeros(RELIABILITY_BINS, np.int64)
-    a.rel_conf = np.zeros(RELIABILITY_BINS, np.float64)
-    a.rel_correct = np.zeros(RELIABILITY_BINS, np.int64)
     value_set = pa.array(classes, pa.string())
     patient_parts: list = []
     patient_rows = 0

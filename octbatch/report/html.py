@@ -47,11 +47,13 @@ def pictures(a: Aggregate) -> dict[str, str]:
     out = {}
     if a.ok:
         out["predicted"] = charts.predicted_bars({**{c: a.predicted.get(c, 0) for c in a.classes}, **a.predicted})
-    if a.conf_hist is not None and a.conf_hist.sum():
+    if a.conf_hist.sum():
         out["confidence"] = charts.confidence_histograms(a.classes, a.conf_hist)
     if a.labelled:
         out["confusion"] = charts.confusion_matrices(a.classes, a.confusion)
-        out["reliability"] = charts.reliability_diagram(a.reliability(), a.ece)
+        ece = a.ece
+        assert ece is not None  # labelled rows fill the reliability bins
+        out["reliability"] = charts.reliability_diagram(a.reliability(), ece)
     return out
 
 
