@@ -1,4 +1,5 @@
-"""The decoder contract and the one reader every decoder shares."""
+"""The decoder contracts (Decoder, DeviceDecoder and the batches they return) and the one reader
+every decoder shares."""
 
 from __future__ import annotations
 
@@ -6,19 +7,17 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..preprocess import Preprocessing
 
-if TYPE_CHECKING:
-    from .dali import DeviceBatch
-
 __all__ = [
     "DecodeError",
     "DecodedBatch",
+    "DeviceBatch",
     "Decoder",
     "DeviceDecoder",
     "decoder_device",
@@ -41,6 +40,46 @@ class DecodedBatch:
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
+
+
+@dataclass
+class DeviceBatch:
+    """A decoded batch whose rows decoded on the device stay where the decoder put them (GPU memory
+    for DALI on device="gpu"): what a DeviceDecoder's `decode_batch_device` returns.
+
+    `ptr` points at a dense float32 (n_device, C, H, W) tensor holding the model input of rows
+    `device_rows`; it is valid until `release()`, and its producer has finished (DALI outputs fetched
+    with cuda_stream=None are host-synchronous), so a consumer may read it on any CUDA stream.
+    Rows that were decoded on the CPU (non-JPEG, CMYK, recovery after a failed DALI run) are in
+    `host_images` (uint8, rows `host_rows`). Errors and sizes cover the whole batch."""
+
+    n: int
+    ptr: int | None
+    device_rows: list
+    host_rows: list
+    host_images: np.ndarray
+    sizes: list
+    errors: list
+    stream: int | None = None
+    gate_images: np.ndarray | None = None  # (n, H, W) uint8 of every decoded row, when the gate asked for them
+    _release: Callable[[], None] | None = field(default=None, repr=False)
+    _keep: tuple = field(default=(), repr=False)  # DALI handles that must outlive `ptr`
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def release(self) -> None:
+        """Give the device output buffer back; call once the consumer is done with `ptr`."""
+        rel, self._release = self._release, None
+        self.ptr = None
+        self._keep = ()
+        if rel is not None:
+            rel()
+
+    def __del__(self) -> None:
+        # A batch dropped without release (a consumer that raised) must not block its pipeline forever.
+        self.release()
 
 
 class Decoder(Protocol):
