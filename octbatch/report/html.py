@@ -97,17 +97,7 @@ def render_html(
         "other": {k: n for k, n in sorted(a.statuses.items()) if k not in known},
     }
     pics = pictures(a) if pics is None else pics
-    quality = None
-    if a.labelled:
-        quality = {
-            "labelled": a.labelled,
-            "accuracy": a.accuracy,
-            "ece": a.ece,
-            "per_class": a.per_class(),
-            "reliability": a.reliability(),
-            "classes": a.classes,
-            "confusion": [[int(v) for v in row] for row in a.confusion],
-        }
+    quality = _quality(a) if a.labelled else None
     root, root_note = archive_root(archive, md)
     samples = _sample_sections(a, root, top)
     ref = referrals if referrals is not None else referral_table(a.patients, a.classes)
@@ -140,6 +130,19 @@ def render_html(
         "model_card": str(md.get("model_card") or ""),
     }
     return environment().get_template("report.html.j2").render(**ctx)
+
+
+def _quality(a: Aggregate) -> dict:
+    """The labelled rows' section: accuracy, calibration, per-class metrics and the confusion matrix."""
+    return {
+        "labelled": a.labelled,
+        "accuracy": a.accuracy,
+        "ece": a.ece,
+        "per_class": a.per_class(),
+        "reliability": a.reliability(),
+        "classes": a.classes,
+        "confusion": [[int(v) for v in row] for row in a.confusion],
+    }
 
 
 def pc_value_counts(arr) -> list[dict]:
