@@ -152,3 +152,19 @@ def test_read_bytes_without_a_sniffer_reads_whole(tmp_path):
     seen = []
     assert read_bytes(str(p), sniff=lambda f: seen.append(f.read(4))) == bytes(SNIFF_ABOVE + 1)
     assert seen == [b"\0\0\0\0"]
+
+
+def test_dali_triage_refuses_a_zeros_file_without_reading_it(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from octbatch.decode.dali import DaliDecoder
+
+    dec = DaliDecoder(_spec(), threads=1, device="cpu", batch_size=2)
+    tracemalloc.start()
+    try:
+        batch = dec.decode_batch([str(_zeros_file(tmp_path))])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        dec.close()
+    assert batch.errors == [NOT_AN_IMAGE]
+    assert peak < 2 * 1024 * 1024, f"peak {peak} bytes allocated while refusing a file of zeros"
