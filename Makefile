@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   create .venv, install octbatch, classify a sample archive on the CPU
 #   make test   create .venv, install octbatch with test extras, run the test suite
+# and two checks (.ci/run runs them after the tests when CI_CHECKS names them):
+#   make lint       ruff check + ruff format --check
+#   make typecheck  mypy (configured in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +13,9 @@ TORCH  ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data/oct2017
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install install-test clean
+LINT_PATHS ?= octbatch tests benchmarks
+
+.PHONY: demo test lint typecheck install install-test clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +51,13 @@ demo: $(VENV)/.installed-report
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/python -m ruff check $(LINT_PATHS)
+	$(BIN)/python -m ruff format --check $(LINT_PATHS)
+
+typecheck: install-test
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -185,86 +185,12 @@ def _int(ds, keyword: str, default: int) -> int:
 
 def read_dicom_header(path: str, pseudonymize, *, max_pixels: int, max_volume_pixels: int) -> DicomInfo:
     """Parse the header of one DICOM file and check it can give OCT frames. Raises HeaderError."""
-    from ._deps import require
-
-    pydicom = require("pydicom", purpose="reading DICOM files")
-    from pydicom.errors import InvalidDicomError
-    from pydicom.uid import UID
-
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise HeaderError(f"cannot open file: {exc.strerror or exc}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except InvalidDicomError as exc:
-            raise HeaderError(f"not a DICOM file ({str(exc).splitlines()[0][:200]})") from None
-        except (EOFError, struct.error):
-            raise HeaderError("truncated DICOM header (file ends inside the header)") from None
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad headers
-            raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {str(exc)[:200]}") from None
-        pos = f.tell()
-        head = f.read(12)
-
-    meta = getattr(ds, "file_meta", None)
-    ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
-    sop = _str(ds, "SOPClassUID") or (str(getattr(meta, "MediaStorageSOPClassUID", "") or "") or None)
-    if sop not in ACCEPTED_SOP_CLASSES:
-        name = UID(sop).name if sop else "none"
-        raise HeaderError(
-            f"not an OCT image: DICOM SOP class {sop or '(missing)'} ({name}); octbatch classifies "
-            f"{ACCEPTED_SOP_CLASSES[OCT_SOP_CLASS]} ({OCT_SOP_CLASS}) and Secondary Capture images"
-        )
-    if not ts:
-        raise HeaderError("DICOM file has no Transfer Syntax UID in its file meta information")
-    if ts not in SUPPORTED_TRANSFER_SYNTAXES:
-        raise HeaderError(f"unsupported DICOM transfer syntax {ts} ({UID(ts).name})")
-    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-        raise HeaderError("DICOM file has no Pixel Data (truncated before the image, or not an image)")
-    implicit = ts == "1.2.840.10008.1.2"
-    if implicit:
-        (length,) = struct.unpack("<I", head[4:8])
-        offset = pos + 8
-    else:
-        if len(head) < 12:
-            raise HeaderError("truncated DICOM file (ends inside the Pixel Data header)")
-        (length,) = struct.unpack("<I", head[8:12])
-        offset = pos + 12
-    encapsulated = length == _UNDEFINED
-    if (ts in NATIVE) == encapsulated:
-        raise HeaderError(
-            f"Pixel Data is {'encapsulated' if encapsulated else 'native'}, which the transfer syntax {ts} does not allow"
-        )
-
-    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
-    n_frames = _int(ds, "NumberOfFrames", 1)
-    samples = _int(ds, "SamplesPerPixel", 1)
-    bits_allocated = _int(ds, "BitsAllocated", 8)
-    if rows <= 0 or cols <= 0:
-        raise HeaderError(f"invalid image size {cols}x{rows} in the DICOM header")
-    if n_frames <= 0:
-        raise HeaderError(f"invalid NumberOfFrames {n_frames} in the DICOM header")
-    if samples not in (1, 3):
-        raise HeaderError(f"{samples} samples per pixel are not supported (1 or 3)")
-    if bits_allocated not in (8, 16):
-        raise HeaderError(f"BitsAllocated {bits_allocated} is not supported (8 or 16)")
-    if rows * cols > max_pixels:
-        raise HeaderError(
-            f"DICOM frames are {cols}x{rows} = {rows * cols / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-            "limit (raise --max-pixels if genuine)"
-        )
-    if rows * cols * n_frames > max_volume_pixels:
-        raise HeaderError(
-            f"DICOM header claims {n_frames} frames of {cols}x{rows} = {rows * cols * n_frames / 1e9:.1f} G pixels, "
-            f"over the {max_volume_pixels / 1e9:.1f} G pixel volume limit (raise --max-volume-pixels if genuine)"
-        )
-    if encapsulated and n_frames * 8 > size - offset:
-        raise HeaderError(
-            f"NumberOfFrames {n_frames} cannot fit in the {max(0, size - offset)} bytes of encapsulated Pixel Data "
-            "(truncated file or a wrong header)"
-        )
+    ds, size, pos, head = _read_header(path)
+    sop, ts = _check_syntax(ds)
+    offset, length, encapsulated = _pixel_data(ts, head, pos)
+    rows, cols, n_frames, samples, bits_allocated = _check_geometry(
+        ds, size - offset, encapsulated, max_pixels=max_pixels, max_volume_pixels=max_volume_pixels
+    )
     ext = None
     if ds.get("ExtendedOffsetTable") is not None and ds.get("ExtendedOffsetTableLengths") is not None:
         ext = (bytes(ds.ExtendedOffsetTable), bytes(ds.ExtendedOffsetTableLengths))
@@ -296,6 +222,105 @@ def read_dicom_header(path: str, pseudonymize, *, max_pixels: int, max_volume_pi
         pixel_spacing_row_mm=row_mm,
         pixel_spacing_col_mm=col_mm,
     )
+
+
+def _read_header(path: str):
+    """(dataset without pixels, file size, offset after the header, the 12 bytes there)."""
+    from ._deps import require
+
+    pydicom = require("pydicom", purpose="reading DICOM files")
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise HeaderError(f"cannot open file: {exc.strerror or exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except InvalidDicomError as exc:
+            raise HeaderError(f"not a DICOM file ({str(exc).splitlines()[0][:200]})") from None
+        except (EOFError, struct.error):
+            raise HeaderError("truncated DICOM header (file ends inside the header)") from None
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad headers
+            raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {str(exc)[:200]}") from None
+        pos = f.tell()
+        head = f.read(12)
+    return ds, size, pos, head
+
+
+def _check_syntax(ds) -> tuple[str, str]:
+    """(SOP class, transfer syntax), refusing what octbatch does not classify or decode."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    sop = _str(ds, "SOPClassUID") or (str(getattr(meta, "MediaStorageSOPClassUID", "") or "") or None)
+    if sop not in ACCEPTED_SOP_CLASSES:
+        name = UID(sop).name if sop else "none"
+        raise HeaderError(
+            f"not an OCT image: DICOM SOP class {sop or '(missing)'} ({name}); octbatch classifies "
+            f"{ACCEPTED_SOP_CLASSES[OCT_SOP_CLASS]} ({OCT_SOP_CLASS}) and Secondary Capture images"
+        )
+    if not ts:
+        raise HeaderError("DICOM file has no Transfer Syntax UID in its file meta information")
+    if ts not in SUPPORTED_TRANSFER_SYNTAXES:
+        raise HeaderError(f"unsupported DICOM transfer syntax {ts} ({UID(ts).name})")
+    return sop, ts
+
+
+def _pixel_data(ts: str, head: bytes, pos: int) -> tuple[int, int, bool]:
+    """(offset of the pixels, Pixel Data length, encapsulated?) from the bytes after the header."""
+    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
+        raise HeaderError("DICOM file has no Pixel Data (truncated before the image, or not an image)")
+    implicit = ts == "1.2.840.10008.1.2"
+    if implicit:
+        (length,) = struct.unpack("<I", head[4:8])
+        offset = pos + 8
+    else:
+        if len(head) < 12:
+            raise HeaderError("truncated DICOM file (ends inside the Pixel Data header)")
+        (length,) = struct.unpack("<I", head[8:12])
+        offset = pos + 12
+    encapsulated = length == _UNDEFINED
+    if (ts in NATIVE) == encapsulated:
+        raise HeaderError(
+            f"Pixel Data is {'encapsulated' if encapsulated else 'native'}, which the transfer syntax {ts} does not allow"
+        )
+    return offset, length, encapsulated
+
+
+def _check_geometry(ds, pixel_bytes: int, encapsulated: bool, *, max_pixels: int, max_volume_pixels: int):
+    """(rows, columns, frames, samples, bits allocated), refusing sizes octbatch will not decode."""
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    n_frames = _int(ds, "NumberOfFrames", 1)
+    samples = _int(ds, "SamplesPerPixel", 1)
+    bits_allocated = _int(ds, "BitsAllocated", 8)
+    if rows <= 0 or cols <= 0:
+        raise HeaderError(f"invalid image size {cols}x{rows} in the DICOM header")
+    if n_frames <= 0:
+        raise HeaderError(f"invalid NumberOfFrames {n_frames} in the DICOM header")
+    if samples not in (1, 3):
+        raise HeaderError(f"{samples} samples per pixel are not supported (1 or 3)")
+    if bits_allocated not in (8, 16):
+        raise HeaderError(f"BitsAllocated {bits_allocated} is not supported (8 or 16)")
+    if rows * cols > max_pixels:
+        raise HeaderError(
+            f"DICOM frames are {cols}x{rows} = {rows * cols / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
+            "limit (raise --max-pixels if genuine)"
+        )
+    if rows * cols * n_frames > max_volume_pixels:
+        raise HeaderError(
+            f"DICOM header claims {n_frames} frames of {cols}x{rows} = {rows * cols * n_frames / 1e9:.1f} G pixels, "
+            f"over the {max_volume_pixels / 1e9:.1f} G pixel volume limit (raise --max-volume-pixels if genuine)"
+        )
+    if encapsulated and n_frames * 8 > pixel_bytes:
+        raise HeaderError(
+            f"NumberOfFrames {n_frames} cannot fit in the {max(0, pixel_bytes)} bytes of encapsulated Pixel Data "
+            "(truncated file or a wrong header)"
+        )
+    return rows, cols, n_frames, samples, bits_allocated
 
 
 def native_frames_present(info: DicomInfo, file_size: int) -> int:

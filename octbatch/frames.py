@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -56,7 +57,7 @@ class FrameEntry:
     size: int
     mtime_ns: int
     frame: int | None  # None for a single-image file
-    info: object | None = None  # DicomInfo | TiffInfo
+    info: Any = None  # DicomInfo | TiffInfo
     error: str | None = None
 
     def names(self) -> tuple[str | None, str | None, int | None]:

@@ -240,14 +240,14 @@ class Gate:
         self.threshold = float(threshold) if threshold is not None else file_threshold
         self.stats_model = self.info.get("stats_model")  # None in a gate without one: the CNN alone
         self._input = self._sess.get_inputs()[0].name
-        self._buf = None
+        self._buf: np.ndarray | None = None
 
     def score(self, images_u8: np.ndarray) -> tuple[np.ndarray, list]:
         n = images_u8.shape[0]
         if n == 0:
             return np.zeros(0, np.float32), []
-        self._buf = gate_input(images_u8, self._buf)
-        x = self._buf[:n]
+        buf = self._buf = gate_input(images_u8, self._buf)
+        x = buf[:n]
         logits = self._sess.run(None, {self._input: x})[0].reshape(n)
         scores = (1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -60, 60)))).astype(np.float32)
         if self.stats_model is not None:
@@ -256,9 +256,9 @@ class Gate:
         blank = blank_mask(std, p99)
         scores[blank] = 0.0
         low = scores < self.threshold
-        reasons = [None] * n
+        reasons: list[str | None] = [None] * n
         for i in np.flatnonzero(low):
-            reasons[i] = REASON_BLANK if (blank[i] or p99[i] < DIM_P99) else REASON_NOT_OCT
+            reasons[int(i)] = REASON_BLANK if (blank[i] or p99[i] < DIM_P99) else REASON_NOT_OCT
         return scores, reasons
 
     def describe(self) -> dict:

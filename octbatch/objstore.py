@@ -29,6 +29,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from .errors import OctbatchError
 
@@ -122,7 +123,7 @@ def _store(bucket: str):
     )
     if endpoint.startswith("http://"):
         client.setdefault("allow_http", "true")  # a local or in-cluster server (MinIO, Ceph, moto) without TLS
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if not os.environ.get("AWS_ACCESS_KEY_ID") and not any(k in config for k in ("access_key_id", "aws_access_key_id")):
         try:
             import boto3
@@ -133,7 +134,8 @@ def _store(bucket: str):
         except ImportError:
             pass  # obstore's own chain (web identity, ECS, instance metadata)
     try:
-        store = S3Store(bucket, config=config or None, client_options=client or None, **kwargs)
+        # obstore types its options as TypedDicts; --storage-option gives plain strings it validates itself
+        store = S3Store(bucket, config=cast(Any, config or None), client_options=cast(Any, client or None), **kwargs)
     except Exception as exc:  # noqa: BLE001 - obstore raises its own types for bad configuration
         raise OctbatchError(
             f"cannot set up S3 access to bucket {bucket}: {_brief(exc)}",

@@ -152,7 +152,7 @@ class RemoteOut:
     def _list(self):
         import obstore
 
-        out = []
+        out: list[str] = []
         for chunk in obstore.list(self._store(), self.parts_prefix, chunk_size=1000):
             out.extend(m["path"] for m in chunk)
         return out

@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +86,59 @@ _FIRST = ("patient_id", "study_uid", "series_uid", "laterality", "manufacturer",
 def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -> pa.Table:
     """The per-volume table of a results file (read whole: one row per frame is small). Without
     `rule`, VolumeRule.from_options(the table's classes, **rule_options)."""
+    md, t, classes = _read_results(results)
+    rule = rule or VolumeRule.from_options(classes, **rule_options)
+    col: dict[str, list[Any]] = {
+        n: (t.column(n).to_pylist() if n in t.column_names else [None] * t.num_rows)
+        for n in ("path", "frame", "series_uid", "patient_id", "pred", "confidence", "status", "acquired_at", *_FIRST)
+    }
+    probs = (
+        np.stack([t.column(prob_column(c)).to_numpy(zero_copy_only=False).astype(np.float64) for c in classes], axis=1)
+        if t.num_rows
+        else np.zeros((0, len(classes)))
+    )
+    out: dict[str, list] = {k: [] for k in _COLUMNS}
+    # per class: frames predicted as it, and its max and mean probability
+    per_class: dict[str, dict[str, list]] = {c: {"n": [], "pmax": [], "pmean": []} for c in classes}
+    for (kind, vid), rows in sorted(_group_rows(col, t.num_rows).items()):
+        _add_volume(out, per_class, kind, vid, rows, col, probs, classes, rule)
+    fields = _fields(classes)
+    meta = {
+        "source": os.path.basename(results),
+        "classes": classes,
+        "volume_rule": rule.to_dict(),
+        "phi": md.get("phi"),
+        "model_sha256": md.get("model_sha256"),
+        "octbatch_version": md.get("octbatch_version"),
+    }
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    data = {
+        **out,
+        **{f"n_{c}": per_class[c]["n"] for c in classes},
+        **{f"pmax_{c}": per_class[c]["pmax"] for c in classes},
+        **{f"pmean_{c}": per_class[c]["pmean"] for c in classes},
+    }
+    return pa.Table.from_pydict({f.name: data[f.name] for f in fields}, schema=schema)
+
+
+_COLUMNS = (
+    "volume_id",
+    "kind",
+    "first_path",
+    "n_files",
+    "n_frames",
+    "n_ok",
+    "n_error",
+    "n_abnormal",
+    "worst",
+    "referral",
+    "acquired_at",
+    *_FIRST,
+)
+
+
+def _read_results(results: str) -> tuple[dict, pa.Table, list[str]]:
+    """(metadata, table, classes) of a results file, or the error saying why it is not one."""
     if not os.path.exists(results):
         raise OctbatchError(f"results file {results} does not exist", "Give a table written by octbatch run.")
     try:
@@ -97,19 +151,13 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
     classes = list(md.get("classes") or [n[2:] for n in t.column_names if n.startswith("p_")])
     if not classes or "pred" not in t.column_names:
         raise OctbatchError(f"{results} is not an octbatch results table", "Give a table written by octbatch run.")
-    rule = rule or VolumeRule.from_options(classes, **rule_options)
-    col = {
-        n: (t.column(n).to_pylist() if n in t.column_names else [None] * t.num_rows)
-        for n in ("path", "frame", "series_uid", "patient_id", "pred", "confidence", "status", "acquired_at", *_FIRST)
-    }
-    probs = (
-        np.stack([t.column(prob_column(c)).to_numpy(zero_copy_only=False).astype(np.float64) for c in classes], axis=1)
-        if t.num_rows
-        else np.zeros((0, len(classes)))
-    )
+    return md, t, classes
 
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i in range(t.num_rows):
+
+def _group_rows(col: dict[str, list[Any]], n: int) -> dict[tuple[str, Any], list[int]]:
+    """(kind, volume id) -> the rows of that volume: DICOM series, TIFF stack, Kermany patient, or file."""
+    groups: dict[tuple[str, Any], list[int]] = {}
+    for i in range(n):
         if col["series_uid"][i]:
             key = ("dicom_series", col["series_uid"][i])
         elif col["frame"][i] is not None:
@@ -119,68 +167,53 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         else:
             key = ("file", col["path"][i])
         groups.setdefault(key, []).append(i)
+    return groups
 
+
+def _worst(
+    classes: list[str], rule: VolumeRule, strong: dict[str, int], p: np.ndarray
+) -> tuple[str | None, str | None]:
+    """(worst finding, referral) of a volume with readable frames (see the module docstring)."""
     order = {lvl: k for k, lvl in enumerate(REFERRAL_LEVELS)}
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "volume_id",
-            "kind",
-            "first_path",
-            "n_files",
-            "n_frames",
-            "n_ok",
-            "n_error",
-            "n_abnormal",
-            "worst",
-            "referral",
-            "acquired_at",
-            *_FIRST,
-        )
-    }
-    pmax = {c: [] for c in classes}
-    pmean = {c: [] for c in classes}
-    counts = {c: [] for c in classes}
-    for (kind, vid), rows in sorted(groups.items()):
-        ok = [i for i in rows if col["status"][i] == "ok"]
-        preds = [col["pred"][i] for i in ok]
-        conf = [col["confidence"][i] or 0.0 for i in ok]
-        n_by = {c: sum(1 for p in preds if p == c) for c in classes}
-        strong = {c: sum(1 for p, q in zip(preds, conf) if p == c and q >= rule.min_prob) for c in classes}
-        p = probs[ok] if ok else np.zeros((0, len(classes)))
-        found = [c for c in classes if strong[c] >= rule.min_frames]
-        worst = referral = None
-        if ok:
-            if found:
-                worst = min(
-                    found, key=lambda c: (order[rule.referral[c]], -strong[c], -float(p[:, classes.index(c)].max()))
-                )
-                referral = rule.referral[worst]
-            else:
-                obs = [c for c in classes if rule.referral[c] == "observation"]
-                worst = obs[0] if obs else None
-                referral = "observation"
-        out["volume_id"].append(vid)
-        out["kind"].append(kind)
-        out["first_path"].append(min(col["path"][i] for i in rows))
-        out["n_files"].append(len({col["path"][i] for i in rows}))
-        out["n_frames"].append(len(rows))
-        out["n_ok"].append(len(ok))
-        out["n_error"].append(len(rows) - len(ok))
-        out["n_abnormal"].append(sum(1 for x in preds if rule.referral.get(x) != "observation"))
-        out["worst"].append(worst)
-        out["referral"].append(referral)
-        times = [col["acquired_at"][i] for i in rows if col["acquired_at"][i] is not None]
-        out["acquired_at"].append(min(times) if times else None)
-        for k in _FIRST:
-            vals = [col[k][i] for i in rows if col[k][i] is not None]
-            out[k].append(vals[0] if vals else None)
-        for j, c in enumerate(classes):
-            pmax[c].append(float(p[:, j].max()) if ok else None)
-            pmean[c].append(float(p[:, j].mean()) if ok else None)
-            counts[c].append(n_by[c])
+    found = [c for c in classes if strong[c] >= rule.min_frames]
+    if found:
+        worst = min(found, key=lambda c: (order[rule.referral[c]], -strong[c], -float(p[:, classes.index(c)].max())))
+        return worst, rule.referral[worst]
+    obs = [c for c in classes if rule.referral[c] == "observation"]
+    return (obs[0] if obs else None), "observation"
 
-    fields = [
+
+def _add_volume(out: dict[str, list], per_class, kind: str, vid: Any, rows: list[int], col, probs, classes, rule):
+    """Append one volume's row to the columns in `out` and `per_class`."""
+    ok = [i for i in rows if col["status"][i] == "ok"]
+    preds = [col["pred"][i] for i in ok]
+    conf = [col["confidence"][i] or 0.0 for i in ok]
+    strong = {c: sum(1 for p, q in zip(preds, conf) if p == c and q >= rule.min_prob) for c in classes}
+    p = probs[ok] if ok else np.zeros((0, len(classes)))
+    worst, referral = _worst(classes, rule, strong, p) if ok else (None, None)
+    out["volume_id"].append(vid)
+    out["kind"].append(kind)
+    out["first_path"].append(min(col["path"][i] for i in rows))
+    out["n_files"].append(len({col["path"][i] for i in rows}))
+    out["n_frames"].append(len(rows))
+    out["n_ok"].append(len(ok))
+    out["n_error"].append(len(rows) - len(ok))
+    out["n_abnormal"].append(sum(1 for x in preds if rule.referral.get(x) != "observation"))
+    out["worst"].append(worst)
+    out["referral"].append(referral)
+    times = [col["acquired_at"][i] for i in rows if col["acquired_at"][i] is not None]
+    out["acquired_at"].append(min(times) if times else None)
+    for k in _FIRST:
+        vals = [col[k][i] for i in rows if col[k][i] is not None]
+        out[k].append(vals[0] if vals else None)
+    for j, c in enumerate(classes):
+        per_class[c]["pmax"].append(float(p[:, j].max()) if ok else None)
+        per_class[c]["pmean"].append(float(p[:, j].mean()) if ok else None)
+        per_class[c]["n"].append(sum(1 for x in preds if x == c))
+
+
+def _fields(classes: list[str]) -> list[pa.Field]:
+    return [
         pa.field("volume_id", pa.string(), nullable=False),
         pa.field("kind", pa.string()),
         pa.field("first_path", pa.string()),
@@ -197,22 +230,6 @@ def volume_table(results: str, rule: VolumeRule | None = None, **rule_options) -
         pa.field("acquired_at", pa.timestamp("us")),
         *[pa.field(k, pa.string()) for k in _FIRST],
     ]
-    meta = {
-        "source": os.path.basename(results),
-        "classes": classes,
-        "volume_rule": rule.to_dict(),
-        "phi": md.get("phi"),
-        "model_sha256": md.get("model_sha256"),
-        "octbatch_version": md.get("octbatch_version"),
-    }
-    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    data = {
-        **out,
-        **{f"n_{c}": counts[c] for c in classes},
-        **{f"pmax_{c}": pmax[c] for c in classes},
-        **{f"pmean_{c}": pmean[c] for c in classes},
-    }
-    return pa.Table.from_pydict({f.name: data[f.name] for f in fields}, schema=schema)
 
 
 def write_volumes(results: str, out: str, rule: VolumeRule | None = None, **rule_options) -> int:

@@ -67,7 +67,7 @@ class ShardWorker:
 
     def __init__(self, cfg: WorkerConfig):
         from .backends import make_runner
-        from .decode import make_decoder
+        from .decode import decoder_device, make_decoder
         from .model import load_model_info
 
         self.cfg = cfg
@@ -95,7 +95,7 @@ class ShardWorker:
             if hasattr(self.decoder, "gate_images"):
                 self.decoder.gate_images = True  # DALI device path: also hand back the uint8 images
         # GPU path (docs/GPU.md): DALI's GPU output goes to TensorRT by device pointer, no host copy.
-        self._device_path = use_device_path(self.decoder.name, getattr(self.decoder, "device", "cpu"), self.runner.name)
+        self._device_path = use_device_path(self.decoder.name, decoder_device(self.decoder), self.runner.name)
         self.schema = make_schema(self.model.classes, cfg.file_metadata)
         self._input = np.empty((cfg.batch_size, self.spec.channels, self.spec.height, self.spec.width), np.float32)
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="octbatch-prefetch")

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from .base import DecodedBatch, DecodeError, Decoder, read_bytes
+from .base import DecodedBatch, DecodeError, Decoder, DeviceBatch, DeviceDecoder, decoder_device, read_bytes
 
-__all__ = ["DecodedBatch", "DecodeError", "Decoder", "read_bytes", "make_decoder", "DECODERS"]
+__all__ = [
+    "DecodedBatch",
+    "DecodeError",
+    "Decoder",
+    "DeviceBatch",
+    "DeviceDecoder",
+    "decoder_device",
+    "read_bytes",
+    "make_decoder",
+    "DECODERS",
+]
 
 DECODERS = ("auto", "cpu", "pillow", "dali")
 
@@ -15,7 +25,7 @@ def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_
 
     if name == "auto":
         # DALI with the GPU's hardware decoder when there is one, else the fastest CPU decoder measured.
-        from .dali import gpu_available
+        from .dali_pipeline import gpu_available
 
         if gpu_available():
             from .dali import DaliDecoder

@@ -1,4 +1,5 @@
-"""The decoder contract and the one reader every decoder shares."""
+"""The decoder contracts (Decoder, DeviceDecoder and the batches they return) and the one reader
+every decoder shares."""
 
 from __future__ import annotations
 
@@ -6,14 +7,24 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..preprocess import Preprocessing
 
-__all__ = ["DecodeError", "DecodedBatch", "Decoder", "read_bytes", "per_file"]
+__all__ = [
+    "DecodeError",
+    "DecodedBatch",
+    "DeviceBatch",
+    "Decoder",
+    "DeviceDecoder",
+    "decoder_device",
+    "read_bytes",
+    "per_file",
+    "SNIFF_ABOVE",
+]
 
 
 class DecodeError(Exception):
@@ -31,6 +42,46 @@ class DecodedBatch:
         return np.array([e is None for e in self.errors], dtype=bool)
 
 
+@dataclass
+class DeviceBatch:
+    """A decoded batch whose rows decoded on the device stay where the decoder put them (GPU memory
+    for DALI on device="gpu"): what a DeviceDecoder's `decode_batch_device` returns.
+
+    `ptr` points at a dense float32 (n_device, C, H, W) tensor holding the model input of rows
+    `device_rows`; it is valid until `release()`, and its producer has finished (DALI outputs fetched
+    with cuda_stream=None are host-synchronous), so a consumer may read it on any CUDA stream.
+    Rows that were decoded on the CPU (non-JPEG, CMYK, recovery after a failed DALI run) are in
+    `host_images` (uint8, rows `host_rows`). Errors and sizes cover the whole batch."""
+
+    n: int
+    ptr: int | None
+    device_rows: list
+    host_rows: list
+    host_images: np.ndarray
+    sizes: list
+    errors: list
+    stream: int | None = None
+    gate_images: np.ndarray | None = None  # (n, H, W) uint8 of every decoded row, when the gate asked for them
+    _release: Callable[[], None] | None = field(default=None, repr=False)
+    _keep: tuple = field(default=(), repr=False)  # DALI handles that must outlive `ptr`
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def release(self) -> None:
+        """Give the device output buffer back; call once the consumer is done with `ptr`."""
+        rel, self._release = self._release, None
+        self.ptr = None
+        self._keep = ()
+        if rel is not None:
+            rel()
+
+    def __del__(self) -> None:
+        # A batch dropped without release (a consumer that raised) must not block its pipeline forever.
+        self.release()
+
+
 class Decoder(Protocol):
     name: str
     spec: Preprocessing
@@ -38,6 +89,21 @@ class Decoder(Protocol):
     def decode_batch(self, paths: Sequence[str]) -> DecodedBatch: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceDecoder(Decoder, Protocol):
+    """A decoder that can also leave a batch where it decoded it (DALI: GPU memory on device="gpu"),
+    for the worker to hand to the backend by pointer (gpu_path.py) instead of through host memory."""
+
+    device: str  # "cpu" or "gpu": where decode_batch_device leaves the model input
+
+    def decode_batch_device(self, paths: Sequence[str]) -> DeviceBatch: ...
+
+
+def decoder_device(decoder: Decoder) -> str:
+    """Where `decoder` decodes: a DeviceDecoder's `device`, "cpu" for every other decoder."""
+    return decoder.device if isinstance(decoder, DeviceDecoder) else "cpu"
 
 
 def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=None) -> None:
@@ -62,8 +128,16 @@ def per_file(fn: Callable[[int], None], rows: Iterable[int], errors: list, pool=
         list(pool.map(guarded, rows))
 
 
-def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
-    """Read one file whole, turning every way it can fail into a DecodeError with a useful message."""
+# Files up to this size are read whole at once; a larger one goes past the decoder's sniffer first.
+SNIFF_ABOVE = 1024 * 1024
+
+
+def read_bytes(
+    path: str, *, max_bytes: int = 512 * 1024 * 1024, sniff: Callable[[BinaryIO], None] | None = None
+) -> bytes:
+    """Read one file whole, turning every way it can fail into a DecodeError with a useful message.
+    `sniff(file)`, given for a file over SNIFF_ABOVE bytes, may refuse it from its first bytes
+    (raising DecodeError) before it is read whole (decode/sniff.py)."""
     if path.startswith("s3://"):
         from ..objstore import read_object
 
@@ -84,6 +158,10 @@ def read_bytes(path: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
             raise DecodeError("empty file (0 bytes)")
         if st.st_size > max_bytes:
             raise DecodeError(f"file is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        if sniff is not None and st.st_size > SNIFF_ABOVE:
+            with open(fd, "rb", closefd=False) as f:
+                sniff(f)
+            os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         remaining = st.st_size
         while remaining > 0:

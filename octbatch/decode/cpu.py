@@ -15,26 +15,15 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 import numpy as np
 
 from ..preprocess import Preprocessing, crop_box, dct_min_size
 from .base import DecodedBatch, DecodeError, per_file, read_bytes
+from .sniff import JPEG_MAGIC, NOT_AN_IMAGE, check_pixels, sniff_image, sniff_pillow
 
 __all__ = ["CpuDecoder", "PillowDecoder", "decode_image", "decode_reference", "check_pixels"]
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def check_pixels(width: int, height: int, max_pixels: int) -> None:
-    """Refuse a decompression bomb from its header, before any pixel is allocated."""
-    if width <= 0 or height <= 0:
-        raise DecodeError(f"invalid image size {width}x{height} in header")
-    if width * height > max_pixels:
-        raise DecodeError(
-            f"image header claims {width}x{height} = {width * height / 1e6:.0f} MP, over the "
-            f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb; raise --max-pixels if genuine)"
-        )
 
 
 def _resize(region: np.ndarray, spec: Preprocessing) -> np.ndarray:
@@ -88,11 +77,11 @@ def _to_gray_u8(im) -> np.ndarray:
             return a.astype(np.uint8)
         return (a.astype(np.uint32) >> 8).astype(np.uint8) if a.max(initial=0) > 255 else a.astype(np.uint8)
     if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        fa = np.asarray(im, dtype=np.float32)
+        lo, hi = float(np.nanmin(fa)), float(np.nanmax(fa))
         if hi <= 1.0 and lo >= 0.0:
-            return (a * 255.0 + 0.5).astype(np.uint8)
-        return ((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
+            return (fa * 255.0 + 0.5).astype(np.uint8)
+        return ((fa - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         im = im.convert("LA" if mode == "LA" else "RGBA")
     if mode == "1":
@@ -106,7 +95,7 @@ def _decode_pillow(data: bytes, spec: Preprocessing, max_pixels: int, *, draft: 
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise DecodeError("not a recognised image (expected JPEG, PNG or TIFF)") from None
+        raise DecodeError(NOT_AN_IMAGE) from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
@@ -134,7 +123,7 @@ def _decode_pillow(data: bytes, spec: Preprocessing, max_pixels: int, *, draft: 
 
 def decode_image(data: bytes, spec: Preprocessing, *, max_pixels: int = 64_000_000):
     """Encoded bytes -> (uint8 image of spec.input_size, (orig_width, orig_height)). Raises DecodeError."""
-    if data[:3] == _JPEG_MAGIC:
+    if data[:3] == JPEG_MAGIC:
         out = _decode_jpeg_fast(data, spec, max_pixels)
         if out is not None:
             return out
@@ -195,8 +184,11 @@ class CpuDecoder(_ThreadedDecoder):
 
     name = "cpu"
 
+    def _sniff(self, f: BinaryIO) -> None:
+        sniff_image(f, self.max_pixels)
+
     def _one(self, path: str):
-        return decode_image(read_bytes(path), self.spec, max_pixels=self.max_pixels)
+        return decode_image(read_bytes(path, sniff=self._sniff), self.spec, max_pixels=self.max_pixels)
 
 
 class PillowDecoder(_ThreadedDecoder):
@@ -204,5 +196,8 @@ class PillowDecoder(_ThreadedDecoder):
 
     name = "pillow"
 
+    def _sniff(self, f: BinaryIO) -> None:
+        sniff_pillow(f, self.max_pixels)
+
     def _one(self, path: str):
-        return decode_reference(read_bytes(path), self.spec, max_pixels=self.max_pixels)
+        return decode_reference(read_bytes(path, sniff=self._sniff), self.spec, max_pixels=self.max_pixels)

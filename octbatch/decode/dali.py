@@ -1,5 +1,6 @@
-"""DALI decoder: one pipeline definition, run on the CPU (`device_id=None`, the twin that tests and CI
-run) or on the GPU (`mixed` decode on the hardware JPEG engines, GPU resize and normalise).
+"""DALI decoder: the Decoder and DeviceDecoder contracts on the one pipeline of decode/dali_pipeline.py,
+run on the CPU (`device_id=None`, the twin that tests and CI run) or on the GPU (`mixed` decode on the
+hardware JPEG engines, GPU resize and normalise).
 
 Encoded bytes come from octbatch's own reader (`read_bytes` + `fn.external_source`), so discovery,
 shards and the exactly-once protocol stay octbatch's, and a missing, empty or unreadable file is a
@@ -27,170 +28,25 @@ full CPU decode of every file, which is the work the GPU path exists to avoid.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
 from ..preprocess import Preprocessing, crop_box
-from .base import DecodedBatch, DecodeError, per_file, read_bytes
+from .base import DecodedBatch, DecodeError, DeviceBatch, per_file, read_bytes
+from .dali_pipeline import DEVICES, build_pipeline, cuda_device_count, gpu_available
+from .sniff import JPEG_MAGIC, check_pixels, sniff_image
 
 __all__ = ["DaliDecoder", "DeviceBatch", "build_pipeline", "gpu_available", "cuda_device_count", "DEVICES"]
 
-DEVICES = ("cpu", "gpu")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _EOI = b"\xff\xd9"
 # Bytes some writers leave after the EOI marker; anything else after EOI goes to the CPU decoder.
 _TRAILING_PAD = b"\x00\r\n\x1a "
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """CUDA devices visible to this process, asked of the driver (libcuda) directly: no CUDA toolkit,
-    torch or DALI import needed, and 0 on a machine without an NVIDIA driver."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return 0
-    try:
-        if lib.cuInit(0) != 0:
-            return 0
-        count = ctypes.c_int(0)
-        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return int(count.value)
-    except (AttributeError, OSError):
-        return 0
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_available() -> bool:
-    """True when `--decoder auto` should decode with DALI `mixed`: a CUDA GPU is visible and DALI imports.
-    The GPU is asked first because it is cheap; importing DALI takes about a second."""
-    if cuda_device_count() < 1:
-        return False
-    from .._deps import is_available
-
-    return is_available("nvidia.dali")
-
-
-def build_pipeline(
-    spec: Preprocessing,
-    *,
-    device: str,
-    batch_size: int,
-    threads: int,
-    device_id: int = 0,
-    output: str = "uint8",
-    hw_decoder_load: float = 0.75,
-    with_uint8: bool = False,
-):
-    """The one DALI pipeline octbatch uses, on `device` "cpu" (device_id=None, CPU operators) or "gpu"
-    (mixed decode, GPU resize/normalise). Inputs (external_source, fed per run): `encoded` (bytes),
-    `roi_start` / `roi_end` ([top, left] / [bottom, right] of the crop box, float32).
-    output="uint8": (n, H, W, 1) uint8 images (what the Decoder contract returns);
-    output="float": (n, C, H, W) float32 model input normalised with the spec's mean/std; with_uint8=True
-    adds a second output, the (n, H, W, 1) uint8 images before normalisation (what the OCT gate scores)."""
-    from .._deps import require
-
-    require("nvidia.dali", purpose="the DALI decoder")
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import Pipeline
-
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
-    gpu = device == "gpu"
-    # prefetch_queue_depth=1: inputs are fed with run(**inputs), which DALI allows only without a
-    # prefetch queue; overlap comes from the worker's prefetch thread instead.
-    pipe = Pipeline(
-        batch_size=batch_size, num_threads=max(1, threads), device_id=device_id if gpu else None, prefetch_queue_depth=1
-    )
-    with pipe:
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
-        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
-        if gpu:
-            images = fn.decoders.image(encoded, device="mixed", output_type=types.GRAY, hw_decoder_load=hw_decoder_load)
-        else:
-            images = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)
-        images = fn.resize(
-            images,
-            size=[spec.height, spec.width],
-            roi_start=roi_start,
-            roi_end=roi_end,
-            interp_type=types.INTERP_LINEAR,
-            antialias=True,
-        )
-        gray_u8 = images
-        if output == "float":
-            if spec.channels == 3:
-                images = fn.cat(images, images, images, axis=2)
-            mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,)) * 255.0
-            std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,)) * 255.0
-            images = fn.crop_mirror_normalize(
-                images,
-                dtype=types.FLOAT,
-                output_layout="CHW",
-                mean=[float(m) for m in mean],
-                std=[float(s) for s in std],
-            )
-        elif output != "uint8":
-            raise ValueError(f"output must be 'uint8' or 'float', not {output!r}")
-        if output == "float" and with_uint8:
-            pipe.set_outputs(images, gray_u8)
-        else:
-            pipe.set_outputs(images)
-    pipe.build()
-    return pipe
-
-
-@dataclass
-class DeviceBatch:
-    """A decoded batch whose DALI-decoded rows stay where DALI put them (GPU memory on device="gpu").
-
-    `ptr` points at a dense float32 (n_device, C, H, W) tensor holding the model input of rows
-    `device_rows`; it is valid until `release()`, and its producer has finished (DALI outputs fetched
-    with cuda_stream=None are host-synchronous), so a consumer may read it on any CUDA stream.
-    Rows that were decoded on the CPU (non-JPEG, CMYK, recovery after a failed DALI run) are in
-    `host_images` (uint8, rows `host_rows`). Errors and sizes cover the whole batch."""
-
-    n: int
-    ptr: int | None
-    device_rows: list
-    host_rows: list
-    host_images: np.ndarray
-    sizes: list
-    errors: list
-    stream: int | None = None
-    gate_images: np.ndarray | None = None  # (n, H, W) uint8 of every decoded row, when the gate asked for them
-    _release: Callable[[], None] | None = field(default=None, repr=False)
-    _keep: tuple = field(default=(), repr=False)  # DALI handles that must outlive `ptr`
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.array([e is None for e in self.errors], dtype=bool)
-
-    def release(self) -> None:
-        """Give the DALI output buffer back; call once the consumer is done with `ptr`."""
-        rel, self._release = self._release, None
-        self.ptr = None
-        self._keep = ()
-        if rel is not None:
-            rel()
-
-    def __del__(self) -> None:
-        # A batch dropped without release (a consumer that raised) must not block its pipeline forever.
-        self.release()
 
 
 class _Slot:
@@ -306,14 +162,15 @@ class DaliDecoder:
         return outs[0]
 
     # -- triage --------------------------------------------------------------------------------
+    def _sniff(self, f: BinaryIO) -> None:
+        sniff_image(f, self.max_pixels)  # non-JPEG files go to decode_image: its sniffer for all
+
     def _triage_one(self, path: str) -> _Item:
         """Read one file and decide where it is decoded; raises DecodeError for a file that is bad already."""
         import simplejpeg
 
-        from .cpu import check_pixels
-
-        data = read_bytes(path)
-        if data[:3] != _JPEG_MAGIC:
+        data = read_bytes(path, sniff=self._sniff)
+        if data[:3] != JPEG_MAGIC:
             return _Item(data, None, None)  # PNG, TIFF, or not an image at all: the CPU decoder says which
         try:
             h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)

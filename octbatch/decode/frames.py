@@ -13,6 +13,7 @@ A batch may mix plain files (handed to the run's decoder as usual) and frames:
   frames, two chunks per decode thread.
 * TIFF pages: Pillow, page by page, in chunks likewise.
 
+Where the frames lie is decode/frame_locations.py; native pixels to grayscale, decode/frame_pixels.py.
 Memory is one batch of frames, whatever the size of the volume. A frame that fails gets its own
 error; the other frames of the file are still decoded.
 """
@@ -20,7 +21,6 @@ error; the other frames of the file are still decoded.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,51 +29,14 @@ import numpy as np
 from ..preprocess import Preprocessing
 from .base import DecodedBatch, DecodeError, per_file
 from .cpu import _crop_resize, _to_gray_u8, decode_image
+from .frame_locations import native_locations, reads_bytes, walk_items
+from .frame_pixels import native_gray, pydicom_message, to_gray_u8
 
 __all__ = ["FrameDecoder", "has_frames", "to_gray_u8"]
 
 
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-_NATIVE_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL")
-
-
-def _reads_bytes(info) -> bool:
-    """Files whose frames octbatch reads as bytes itself (then decodes one task per frame)."""
-    if info.encapsulated:
-        return info.transfer_syntax == JPEG_BASELINE
-    return info.photometric in _NATIVE_PHOTOMETRIC
-
-
 def has_frames(entries: Sequence) -> bool:
     return any(hasattr(e, "frame") for e in entries)
-
-
-def to_gray_u8(
-    arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 8, signed: bool = False
-) -> np.ndarray:
-    """A decoded DICOM frame (rows, cols) or (rows, cols, 3 RGB) -> uint8 grayscale."""
-    import cv2
-
-    a = arr
-    if a.ndim == 3:
-        if a.dtype != np.uint8:
-            a = _scale_u8(a, bits_stored, signed)
-        return cv2.cvtColor(np.ascontiguousarray(a[..., :3]), cv2.COLOR_RGB2GRAY)
-    if a.dtype != np.uint8:
-        a = _scale_u8(a, bits_stored, signed)
-    if photometric == "MONOCHROME1":
-        a = 255 - a
-    return np.ascontiguousarray(a)
-
-
-def _scale_u8(a: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
-    bits = max(1, min(int(bits_stored), 16))
-    x = a.astype(np.int32)
-    if signed:
-        x = x + (1 << (bits - 1))
-    if bits > 8:
-        x = x >> (bits - 8)
-    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 class FrameDecoder:
@@ -98,6 +61,20 @@ class FrameDecoder:
         images = np.empty((n, self.spec.height, self.spec.width), np.uint8)
         sizes: list = [None] * n
         errors: list = [None] * n
+        groups = self._decode_plain_then_group(decoder, entries, images, sizes, errors)
+        tasks, pending = self._plan(entries, groups, errors)
+        self._run_chunks(entries, tasks, images, sizes, errors, pending)
+        if pending:
+            order = sorted(pending)
+
+            def work(i: int) -> None:
+                images[i], sizes[i] = pending[i]()
+
+            per_file(work, order, errors, self._pool)
+        return DecodedBatch(images, sizes, errors)
+
+    def _decode_plain_then_group(self, decoder, entries: Sequence, images, sizes, errors) -> dict[str, list[int]]:
+        """Plain files through the run's decoder; the frames' rows grouped by file (errors noted)."""
         plain = [i for i, e in enumerate(entries) if not hasattr(e, "frame")]
         if plain:
             sub = decoder.decode_batch([entries[i].abspath for i in plain])
@@ -113,68 +90,68 @@ class FrameDecoder:
                 errors[i] = "no frame information for this file"
             else:
                 groups.setdefault(e.abspath, []).append(i)
-        # Native and JPEG-baseline frames whose place in the file is known: one task per frame (read
-        # + decode, like a .jpeg file). Other syntaxes, TIFF, and item sequences that need pydicom's
-        # frame splitting: contiguous chunks first (pydicom/Pillow open the file once per chunk).
-        tasks = []
-        pending: dict = {}  # row -> callable returning (image, (w, h)): one task per frame
+        return groups
+
+    def _plan(self, entries: Sequence, groups: dict[str, list[int]], errors: list) -> tuple[list, dict]:
+        """Native and JPEG-baseline frames whose place in the file is known: one task per frame (read
+        + decode, like a .jpeg file), returned in `pending` (row -> callable giving (image, (w, h))).
+        Other syntaxes, TIFF, and item sequences that need pydicom's frame splitting: contiguous
+        chunks of rows (pydicom/Pillow open the file once per chunk), returned in `tasks`."""
+        tasks: list[list[int]] = []
+        pending: dict = {}
         for rows in groups.values():
             rows.sort(key=lambda i: entries[i].index)
             e0 = entries[rows[0]]
             info = e0.info
-            if info.kind == "dicom" and _reads_bytes(info):
+            if info.kind == "dicom" and reads_bytes(info):
                 try:
                     locs = self._locations(e0)
                 except DecodeError as exc:
                     for i in rows:
                         errors[i] = str(exc)
                     continue
-                if locs is not None:
-                    for i in rows:
-                        k = entries[i].index
-                        if k < len(locs):
-                            pending[i] = lambda e=entries[i], loc=locs[k]: self._read_frame(e, loc)
-                        else:
-                            errors[i] = (
-                                f"frame {k} is missing from the encapsulated Pixel Data (NumberOfFrames is "
-                                f"{info.n_frames}, the data holds {len(locs)}; truncated file?)"
-                            )
+                if locs is None:
+                    tasks.append(rows)
                     continue
-                tasks.append(rows)
+                for i in rows:
+                    k = entries[i].index
+                    if k < len(locs):
+                        pending[i] = lambda e=entries[i], loc=locs[k]: self._read_frame(e, loc)
+                    else:
+                        errors[i] = (
+                            f"frame {k} is missing from the encapsulated Pixel Data (NumberOfFrames is "
+                            f"{info.n_frames}, the data holds {len(locs)}; truncated file?)"
+                        )
                 continue
             k = min(2 * self.threads, len(rows))
             step = -(-len(rows) // k)
             tasks.extend(rows[j : j + step] for j in range(0, len(rows), step))
+        return tasks, pending
+
+    def _run_chunks(self, entries: Sequence, tasks: list, images, sizes, errors, pending) -> None:
+        """Decode each chunk of rows on the pool; whatever a chunk raises becomes its rows' error."""
+
+        def fail(rows, msg: str) -> None:
+            for i in rows:
+                if errors[i] is None and sizes[i] is None:
+                    pending.pop(i, None)
+                    errors[i] = msg
 
         def run(rows: list[int]) -> None:
             try:
                 self._chunk(entries, rows, images, sizes, errors, pending)
             except MemoryError:
-                _fail(rows, "out of memory while decoding")
+                fail(rows, "out of memory while decoding")
             except DecodeError as exc:
-                _fail(rows, str(exc))
+                fail(rows, str(exc))
             except Exception as exc:  # noqa: BLE001 - one file never fails its batch
-                _fail(rows, f"decode failed: {type(exc).__name__}: {str(exc)[:300]}")
-
-        def _fail(rows, msg: str) -> None:
-            for i in rows:
-                if errors[i] is None and sizes[i] is None:
-                    pending.pop(i, None)
-                    errors[i] = msg
+                fail(rows, f"decode failed: {type(exc).__name__}: {str(exc)[:300]}")
 
         if self._pool is None or len(tasks) < 2:
             for t in tasks:
                 run(t)
         else:
             list(self._pool.map(run, tasks))
-        if pending:
-            order = sorted(pending)
-
-            def work(i: int) -> None:
-                images[i], sizes[i] = pending[i]()
-
-            per_file(work, order, errors, self._pool)
-        return DecodedBatch(images, sizes, errors)
 
     # -- frames whose bytes octbatch reads itself ------------------------------------------------
     def _locations(self, e) -> list | None:
@@ -186,61 +163,16 @@ class FrameDecoder:
         if key in self._locs:
             return self._locs[key]
         if not info.encapsulated:
-            nb = info.frame_bytes
-            locs = [[(info.pixel_offset + k * nb, nb)] for k in range(info.n_frames)]
+            locs = native_locations(info)
         elif info.extended_offsets is not None:
             locs = None
         else:
-            locs = self._walk_items(e)
+            with self._open(e) as f:
+                locs = walk_items(f, info, e.size)
         if len(self._locs) > 256:
             self._locs.clear()
         self._locs[key] = locs
         return locs
-
-    def _walk_items(self, e) -> list | None:
-        info = e.info
-        frags = []
-        with self._open(e) as f:
-            f.seek(info.pixel_offset)
-            bot = b""
-            first = True
-            while True:
-                head = f.read(8)
-                if len(head) < 8:
-                    break  # truncated: the fragments so far are all there is
-                group, elem, length = struct.unpack("<HHI", head)
-                if (group, elem) == (0xFFFE, 0xE0DD):
-                    break  # sequence delimiter
-                if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
-                    if first:
-                        raise DecodeError("encapsulated Pixel Data does not start with an item (damaged file)")
-                    break
-                pos = f.tell()
-                if first:
-                    bot = f.read(length)
-                    first = False
-                else:
-                    if pos + length > e.size:
-                        break  # the last fragment is cut off
-                    frags.append((pos, length))
-                    if len(frags) > 4 * info.n_frames + 16:
-                        return None
-                f.seek(pos + length)
-        if bot:
-            starts = struct.unpack(f"<{len(bot) // 4}I", bot[: len(bot) // 4 * 4])
-            if len(starts) != info.n_frames or not frags:
-                return None
-            base = frags[0][0] - 8
-            index = {p - 8 - base: j for j, (p, _) in enumerate(frags)}
-            if any(st not in index for st in starts):
-                return None
-            bounds = [index[st] for st in starts] + [len(frags)]
-            return [frags[bounds[k] : bounds[k + 1]] for k in range(len(starts)) if bounds[k] < bounds[k + 1]]
-        if info.n_frames == 1:
-            return [frags] if frags else []
-        if len(frags) <= info.n_frames:
-            return [[fr] for fr in frags]  # one fragment per frame (the norm without an offset table)
-        return None
 
     def _open(self, e):
         try:
@@ -289,7 +221,7 @@ class FrameDecoder:
                 raise DecodeError(
                     "file changed since discovery (size or mtime differ); run again to classify the new version"
                 )
-            if _reads_bytes(info):  # JPEG baseline whose frames only pydicom's splitting can find
+            if reads_bytes(info):  # JPEG baseline whose frames only pydicom's splitting can find
                 self._jpeg(f, info, entries, rows, images, sizes, errors, pending)
             else:
                 self._pydicom(e0.abspath, info, entries, rows, images, sizes, errors)
@@ -300,19 +232,7 @@ class FrameDecoder:
         sizes[i] = (w, h)
 
     def _native_frame(self, buf: bytes, info):
-        dtype = np.uint8 if info.bits_allocated == 8 else np.dtype("<i2" if info.pixel_representation else "<u2")
-        a = np.frombuffer(buf, dtype)
-        if info.samples == 1:
-            a = a.reshape(info.rows, info.columns)
-        elif info.planar_configuration == 1:
-            a = a.reshape(3, info.rows, info.columns).transpose(1, 2, 0)
-        else:
-            a = a.reshape(info.rows, info.columns, 3)
-        if info.samples == 3 and info.photometric == "YBR_FULL":
-            a = a[..., 0]  # luminance
-        g = to_gray_u8(
-            a, photometric=info.photometric, bits_stored=info.bits_stored, signed=bool(info.pixel_representation)
-        )
+        g = native_gray(buf, info)
         return _crop_resize(g, self.spec), (g.shape[1], g.shape[0])
 
     def _jpeg(self, f, info, entries, rows, images, sizes, errors, pending) -> None:
@@ -377,7 +297,7 @@ class FrameDecoder:
                     sizes,
                 )
             except Exception as exc:  # noqa: BLE001
-                errors[i] = _pydicom_message(entries[i].index, info, exc)
+                errors[i] = pydicom_message(entries[i].index, info, exc)
 
     def _tiff(self, entries, rows, images, sizes, errors) -> None:
         import io
@@ -401,17 +321,3 @@ class FrameDecoder:
                     errors[i] = str(exc)
                 except Exception as exc:  # noqa: BLE001
                     errors[i] = f"TIFF page {entries[i].index}: {type(exc).__name__}: {str(exc)[:300]}"
-
-
-def _pydicom_message(index: int, info, exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    if (
-        "plugin" in text.lower()
-        or "missing required dependencies" in text.lower()
-        or "no pixel data decoders" in text.lower()
-    ):
-        return (
-            f"frame {index}: cannot decode transfer syntax {info.transfer_syntax}: {text} "
-            "(install the dicom extra: pip install 'octbatch[dicom]')"
-        )
-    return f"frame {index}: {type(exc).__name__}: {text}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,16 +47,24 @@ class Aggregate:
     predicted: dict[str, int] = field(default_factory=dict)  # status=ok rows by predicted class (any class name)
     has_labels: bool = False
     labelled: int = 0  # ok rows whose label is one of the model's classes
-    confusion: np.ndarray | None = None  # [true, pred] counts over labelled rows
-    conf_hist: np.ndarray | None = None  # [pred class, bin] counts over ok rows
-    rel_count: np.ndarray | None = None
-    rel_conf: np.ndarray | None = None  # sum of confidence per reliability bin
-    rel_correct: np.ndarray | None = None  # labelled rows predicted right per reliability bin
+    confusion: np.ndarray = field(init=False)  # [true, pred] counts over labelled rows
+    conf_hist: np.ndarray = field(init=False)  # [pred class, bin] counts over ok rows
+    rel_count: np.ndarray = field(init=False)
+    rel_conf: np.ndarray = field(init=False)  # sum of confidence per reliability bin
+    rel_correct: np.ndarray = field(init=False)  # labelled rows predicted right per reliability bin
     # (status, message key) -> {"count", "examples": [(path, full message)]}
     errors: dict[tuple[str, str], dict] = field(default_factory=dict)
     provenance: dict[str, dict[str, int]] = field(default_factory=dict)  # column -> value -> rows
-    patients: object = None  # pyarrow Table (patient_id, pred, n, max_conf) or None without patient_id
-    samples: dict[str, object] = field(default_factory=dict)  # name -> pyarrow Table of chosen rows
+    patients: Any = None  # pyarrow Table (patient_id, pred, n, max_conf) or None without patient_id
+    samples: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow Table of chosen rows
+
+    def __post_init__(self) -> None:
+        k = len(self.classes)
+        self.confusion = np.zeros((k, k), np.int64)
+        self.conf_hist = np.zeros((k, CONF_BINS), np.int64)
+        self.rel_count = np.zeros(RELIABILITY_BINS, np.int64)
+        self.rel_conf = np.zeros(RELIABILITY_BINS, np.float64)
+        self.rel_correct = np.zeros(RELIABILITY_BINS, np.int64)
 
     @property
     def ok(self) -> int:
@@ -102,7 +111,7 @@ class Aggregate:
     @property
     def ece(self) -> float | None:
         """Expected calibration error: sum over bins of (rows in bin / rows) * |accuracy - mean confidence|."""
-        n = int(self.rel_count.sum()) if self.rel_count is not None else 0
+        n = int(self.rel_count.sum())
         if not n:
             return None
         m = self.rel_count > 0
@@ -148,30 +157,14 @@ def aggregate(
     import pyarrow.compute as pc
 
     pf, names, md = _open(path)
-    classes = list(md.get("classes") or [])
-    if not classes:  # a table without octbatch metadata: the model's classes are what it predicted
-        classes = sorted(
-            {
-                v
-                for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"])
-                for v in pc.unique(b.column(0)).to_pylist()
-                if v
-            }
-        )
-    k = len(classes)
+    classes = _classes(pf, md, batch_rows)
     cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
     if not details:
         names = names - {"path", "patient_id", *PROVENANCE_COLUMNS}
         cols = [c for c in cols if c in names]
     a = Aggregate(path=path, metadata=md, classes=classes, has_labels="label" in names)
-    a.confusion = np.zeros((k, k), np.int64)
-    a.conf_hist = np.zeros((k, CONF_BINS), np.int64)
-    a.rel_count = np.zeros(RELIABILITY_BINS, np.int64)
-    a.rel_conf = np.zeros(RELIABILITY_BINS, np.float64)
-    a.rel_correct = np.zeros(RELIABILITY_BINS, np.int64)
     value_set = pa.array(classes, pa.string())
     patient_parts: list = []
-    patient_rows = 0
     keep = ["path", "pred", "confidence"] + (["label"] if a.has_labels else [])
     cand: dict[str, object] = {}
 
@@ -193,25 +186,7 @@ def aggregate(
         _add_counts(a.predicted, pc.value_counts(ok.column("pred")))
         if "confidence" not in names:
             continue
-        pi = pc.index_in(ok.column("pred"), value_set=value_set).to_numpy(zero_copy_only=False)
-        conf = pc.fill_null(ok.column("confidence").cast(pa.float64()), float("nan")).to_numpy()
-        valid = ~np.isnan(pi) & ~np.isnan(conf)
-        pi_v = pi[valid].astype(np.int64)
-        cb = np.clip((conf[valid] * CONF_BINS).astype(np.int64), 0, CONF_BINS - 1)
-        a.conf_hist += np.bincount(pi_v * CONF_BINS + cb, minlength=k * CONF_BINS).reshape(k, CONF_BINS)
-        li = None
-        if a.has_labels:
-            li = pc.index_in(ok.column("label"), value_set=value_set).to_numpy(zero_copy_only=False)
-            lab = valid & ~np.isnan(li)
-            li_l, pi_l, c_l = li[lab].astype(np.int64), pi[lab].astype(np.int64), conf[lab]
-            a.labelled += int(lab.sum())
-            a.confusion += np.bincount(li_l * k + pi_l, minlength=k * k).reshape(k, k)
-            rb = np.clip((c_l * RELIABILITY_BINS).astype(np.int64), 0, RELIABILITY_BINS - 1)
-            a.rel_count += np.bincount(rb, minlength=RELIABILITY_BINS)
-            a.rel_conf += np.bincount(rb, weights=c_l, minlength=RELIABILITY_BINS)
-            a.rel_correct += np.bincount(
-                rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS
-            ).astype(np.int64)
+        pi, li, conf = _add_confidence(a, ok, value_set)
         if details:
             _add_samples(
                 cand,
@@ -224,20 +199,70 @@ def aggregate(
                 top,
             )
         if "patient_id" in names:
-            p = ok.select(["patient_id", "pred", "confidence"]).filter(pc.is_valid(ok.column("patient_id")))
-            if p.num_rows:
-                g = p.group_by(["patient_id", "pred"]).aggregate([([], "count_all"), ("confidence", "max")])
-                patient_parts.append(
-                    g.select(["patient_id", "pred", "count_all", "confidence_max"]).rename_columns(_PATIENT_COLS)
-                )
-                patient_rows += patient_parts[-1].num_rows
-                if patient_rows > 2_000_000:  # re-group the partials so memory follows patients, not row groups
-                    patient_parts = [_merge_patients(patient_parts)]
-                    patient_rows = patient_parts[0].num_rows
+            patient_parts = _add_patients(patient_parts, ok)
     if "patient_id" in names:
         a.patients = _merge_patients(patient_parts) if patient_parts else None
     a.samples = cand
     return a
+
+
+def _classes(pf, md: dict, batch_rows: int) -> list[str]:
+    """The model's classes from the metadata; for a table without octbatch metadata, what it predicted."""
+    import pyarrow.compute as pc
+
+    classes = list(md.get("classes") or [])
+    if not classes:
+        classes = sorted(
+            {
+                v
+                for b in pf.iter_batches(batch_size=batch_rows, columns=["pred"])
+                for v in pc.unique(b.column(0)).to_pylist()
+                if v
+            }
+        )
+    return classes
+
+
+def _add_confidence(a: Aggregate, ok, value_set):
+    """Count one batch's ok rows into the confidence histogram and, with labels, the confusion matrix
+    and reliability bins. Returns (predicted index, label index or None, confidence) per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    k = len(a.classes)
+    pi = pc.index_in(ok.column("pred"), value_set=value_set).to_numpy(zero_copy_only=False)
+    conf = pc.fill_null(ok.column("confidence").cast(pa.float64()), float("nan")).to_numpy()
+    valid = ~np.isnan(pi) & ~np.isnan(conf)
+    pi_v = pi[valid].astype(np.int64)
+    cb = np.clip((conf[valid] * CONF_BINS).astype(np.int64), 0, CONF_BINS - 1)
+    a.conf_hist += np.bincount(pi_v * CONF_BINS + cb, minlength=k * CONF_BINS).reshape(k, CONF_BINS)
+    li = None
+    if a.has_labels:
+        li = pc.index_in(ok.column("label"), value_set=value_set).to_numpy(zero_copy_only=False)
+        lab = valid & ~np.isnan(li)
+        li_l, pi_l, c_l = li[lab].astype(np.int64), pi[lab].astype(np.int64), conf[lab]
+        a.labelled += int(lab.sum())
+        a.confusion += np.bincount(li_l * k + pi_l, minlength=k * k).reshape(k, k)
+        rb = np.clip((c_l * RELIABILITY_BINS).astype(np.int64), 0, RELIABILITY_BINS - 1)
+        a.rel_count += np.bincount(rb, minlength=RELIABILITY_BINS)
+        a.rel_conf += np.bincount(rb, weights=c_l, minlength=RELIABILITY_BINS)
+        a.rel_correct += np.bincount(rb, weights=(li_l == pi_l).astype(np.float64), minlength=RELIABILITY_BINS).astype(
+            np.int64
+        )
+    return pi, li, conf
+
+
+def _add_patients(parts: list, ok) -> list:
+    """Add one batch's (patient, predicted class) counts and max confidence to the partial tables."""
+    import pyarrow.compute as pc
+
+    p = ok.select(["patient_id", "pred", "confidence"]).filter(pc.is_valid(ok.column("patient_id")))
+    if p.num_rows:
+        g = p.group_by(["patient_id", "pred"]).aggregate([([], "count_all"), ("confidence", "max")])
+        parts.append(g.select(["patient_id", "pred", "count_all", "confidence_max"]).rename_columns(_PATIENT_COLS))
+        if sum(t.num_rows for t in parts) > 2_000_000:  # re-group the partials: memory follows patients, not batches
+            parts = [_merge_patients(parts)]
+    return parts
 
 
 def _add_counts(acc: dict, vc) -> None:

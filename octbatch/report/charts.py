@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Literal
 
 import numpy as np
 
@@ -24,7 +25,7 @@ __all__ = [
 _BLUE, _GREY, _RED = "#3b6ea5", "#9aa5b1", "#c0504d"
 
 
-def figure(w: float, h: float, layout: str | None = "constrained"):
+def figure(w: float, h: float, layout: Literal["constrained", "compressed", "tight"] | None = "constrained"):
     require("matplotlib", purpose="the pictures of the HTML report")
     from matplotlib.figure import Figure
 

@@ -47,11 +47,13 @@ def pictures(a: Aggregate) -> dict[str, str]:
     out = {}
     if a.ok:
         out["predicted"] = charts.predicted_bars({**{c: a.predicted.get(c, 0) for c in a.classes}, **a.predicted})
-    if a.conf_hist is not None and a.conf_hist.sum():
+    if a.conf_hist.sum():
         out["confidence"] = charts.confidence_histograms(a.classes, a.conf_hist)
     if a.labelled:
         out["confusion"] = charts.confusion_matrices(a.classes, a.confusion)
-        out["reliability"] = charts.reliability_diagram(a.reliability(), a.ece)
+        ece = a.ece
+        assert ece is not None  # labelled rows fill the reliability bins
+        out["reliability"] = charts.reliability_diagram(a.reliability(), ece)
     return out
 
 
@@ -95,17 +97,7 @@ def render_html(
         "other": {k: n for k, n in sorted(a.statuses.items()) if k not in known},
     }
     pics = pictures(a) if pics is None else pics
-    quality = None
-    if a.labelled:
-        quality = {
-            "labelled": a.labelled,
-            "accuracy": a.accuracy,
-            "ece": a.ece,
-            "per_class": a.per_class(),
-            "reliability": a.reliability(),
-            "classes": a.classes,
-            "confusion": [[int(v) for v in row] for row in a.confusion],
-        }
+    quality = _quality(a) if a.labelled else None
     root, root_note = archive_root(archive, md)
     samples = _sample_sections(a, root, top)
     ref = referrals if referrals is not None else referral_table(a.patients, a.classes)
@@ -138,6 +130,19 @@ def render_html(
         "model_card": str(md.get("model_card") or ""),
     }
     return environment().get_template("report.html.j2").render(**ctx)
+
+
+def _quality(a: Aggregate) -> dict:
+    """The labelled rows' section: accuracy, calibration, per-class metrics and the confusion matrix."""
+    return {
+        "labelled": a.labelled,
+        "accuracy": a.accuracy,
+        "ece": a.ece,
+        "per_class": a.per_class(),
+        "reliability": a.reliability(),
+        "classes": a.classes,
+        "confusion": [[int(v) for v in row] for row in a.confusion],
+    }
 
 
 def pc_value_counts(arr) -> list[dict]:

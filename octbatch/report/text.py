@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .aggregate import Aggregate, aggregate
 
 __all__ = ["summarize", "summary_dict", "render_text"]
@@ -45,7 +47,7 @@ def summary_dict(a: Aggregate) -> dict:
         errors[key] = errors.get(key, 0) + e["count"]
     predicted = {c: a.predicted.get(c, 0) for c in a.classes}
     predicted.update({c: n for c, n in a.predicted.items() if c not in predicted})
-    out = {
+    out: dict[str, Any] = {
         "path": a.path,
         "rows": a.rows,
         "ok": a.ok,
