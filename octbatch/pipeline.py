@@ -368,7 +368,12 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
         )
         wcfg = _worker_config(cfg, rr, run_id, target.archive, pseudo.metadata(), gate_settings, gate_desc)
         result, seconds = execute(
-            todo, executor if executor is not None else _make_executor(cfg, rr), wcfg, target.parts_dir, cfg.shard_size, rep
+            todo,
+            executor if executor is not None else _make_executor(cfg, rr),
+            wcfg,
+            target.parts_dir,
+            cfg.shard_size,
+            rep,
         )
         if target.remote:
             target.remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
