@@ -56,7 +56,13 @@ def _config_defaults(ctx, param, value):
     help="TOML file whose [run], [bench], ... tables set option defaults.",
 )
 def cli():
-    """Classify archives of retinal OCT scans into one Parquet table."""
+    """Classify archives of retinal OCT scans into one Parquet table.
+
+    \b
+    Example:
+      octbatch run /archive --out results.parquet
+      octbatch report results.parquet --html report.html
+    """
 
 
 def _model_options(f):

@@ -100,6 +100,11 @@ def bench(
     """Measure each stage's ceiling, `octbatch run` end to end and baselines side by side.
 
     Writes results.json (every row, with machine and versions), summary.md and PNG charts to --out.
+
+    \b
+    Example:
+      octbatch bench --files 2000 --out benchmarks/results/latest
+      octbatch bench --quick    # a short smoke run
     """
     from .bench import run_bench
 

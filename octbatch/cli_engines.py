@@ -78,6 +78,11 @@ def build_engine_cmd(
     """Build a fingerprinted engine from MODEL.onnx (TensorRT on GPUs, optimized ONNX Runtime on CPUs).
 
     A second identical build is a cache hit. Run the engine with: octbatch run ARCHIVE --engine PATH.
+
+    \b
+    Example:
+      octbatch build-engine model.onnx --backend tensorrt --precision fp16 --out model.engine
+      octbatch build-engine model.onnx --precision int8 --calib /archive   # ONNX Runtime int8 on CPUs
     """
     from .engines import build_engine
 
@@ -108,7 +113,13 @@ def build_engine_cmd(
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def inspect_cmd(path, as_json):
-    """Show an engine's or model's metadata, fingerprint, inputs/outputs and whether it runs here."""
+    """Show an engine's or model's metadata, fingerprint, inputs/outputs and whether it runs here.
+
+    \b
+    Example:
+      octbatch inspect model.engine
+      octbatch inspect model.onnx --json
+    """
     from .engines import inspect_engine
 
     info = inspect_engine(path)
