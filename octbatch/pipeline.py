@@ -284,12 +284,20 @@ def _tally(s: RunSummary, p: Plan, result: ExecutorResult, rr: ResolvedRun, seco
     s.workers, s.worker_nodes, s.redone_shards = result.workers, result.nodes, result.redone
     s.startup_seconds = result.startup_seconds
     s.precision = rr.precision or rr.model.precision
+    # What the workers used (each resolves `auto` on its own machine); the driver's guess if none ran.
+    s.decoder = _used(sums, "decoder") or s.decoder
+    s.backend = _used(sums, "backend") or s.backend
     s.files_per_second = s.processed / seconds if seconds > 0 and s.processed else 0.0
     s.failed_shards = [
         {"shard": f.shard.id, "files": len(f.shard), "attempts": f.attempts, "error": f.error.splitlines()[0]}
         for f in result.failures
     ]
     s.failed_files = sum(len(f.shard) for f in result.failures)
+
+
+def _used(sums: list, what: str) -> str:
+    """The decoder or backend names the workers reported, sorted and comma-joined ('' if none)."""
+    return ",".join(sorted({getattr(x, what, "") for x in sums} - {""}))
 
 
 # --- commit -------------------------------------------------------------------------------------

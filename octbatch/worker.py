@@ -60,6 +60,8 @@ class ShardSummary:
     worker: str = ""
     suspect: int = 0  # readable files the OCT gate flagged (status=suspect)
     not_oct: int = 0  # readable files the OCT gate rejected (status=not_oct)
+    decoder: str = ""  # the decoder this worker used (what `auto` became on its machine)
+    backend: str = ""  # the runner this worker used
 
 
 class ShardWorker:
@@ -231,6 +233,8 @@ class ShardWorker:
             self.name,
             suspect=statuses.count("suspect"),
             not_oct=statuses.count("not_oct"),
+            decoder=self.decoder.name,
+            backend=self.runner.name,
         )
 
     def _gate(self, decoded):
