@@ -1,7 +1,7 @@
 """Facts about this machine for benchmark rows: CPU, memory, GPU, library versions, peak RSS.
 
 Nothing heavy is imported: versions come from package metadata, GPU facts from nvidia-smi, memory from
-/proc. (octbatch.engines keeps its own cpu_facts for engine fingerprints.)
+/proc. Benchmark rows (octbatch.bench) and engine fingerprints (octbatch.engines) both read them here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import shutil
 import subprocess
 import threading
 
-__all__ = ["TreeRssSampler", "library_versions", "machine_facts", "peak_rss_self_mb", "read_text", "tree_rss_mb"]
+__all__ = [
+    "TreeRssSampler",
+    "cpu_facts",
+    "library_versions",
+    "machine_facts",
+    "peak_rss_self_mb",
+    "read_text",
+    "tree_rss_mb",
+]
 
 _VERSION_PACKAGES = (
     "octbatch",
@@ -41,6 +49,49 @@ def read_text(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+# CPU instruction-set extensions that decide which ORT kernels a hardware-specific graph may use.
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
+
+
+def cpu_facts() -> dict:
+    """CPU model, architecture and the ISA extensions an engine fingerprint compares."""
+    name, flags = platform.processor() or "", set[str]()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and not name:
+                    name = val.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(val.split())
+    except OSError:
+        pass
+    return {
+        "cpu": name or platform.machine(),
+        "arch": platform.machine(),
+        "isa": sorted(f for f in _ISA_FLAGS if f in flags),
+    }
 
 
 def machine_facts() -> dict:

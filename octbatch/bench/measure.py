@@ -7,8 +7,9 @@ octbatch.training.evaluate.benchmark_onnx are built on it. `row` packages a summ
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
+
+from ..timing import repeat_timed
 
 __all__ = ["combined_ceiling", "efficiency", "measure_rate", "repeat_timed", "row", "summarize"]
 
@@ -31,26 +32,6 @@ def summarize(samples: Sequence[float]) -> dict:
         "n": len(xs),
         "samples": xs,
     }
-
-
-def repeat_timed(
-    fn: Callable[[], int], *, min_seconds: float = 1.0, repeats: int = 3, warmup: int = 1
-) -> list[tuple[int, float]]:
-    """Call fn (which returns how many items it processed) `warmup` times untimed, then `repeats` times
-    for at least min_seconds each (min_seconds=0: one call per repeat). Returns (items, seconds) per repeat."""
-    for _ in range(max(0, warmup)):
-        fn()
-    out = []
-    for _ in range(max(1, repeats)):
-        items = 0
-        t0 = time.perf_counter()
-        while True:
-            items += fn()
-            dt = time.perf_counter() - t0
-            if dt >= min_seconds:
-                break
-        out.append((items, dt))
-    return out
 
 
 def measure_rate(fn: Callable[[], int], *, min_seconds: float = 1.0, repeats: int = 3, warmup: int = 1) -> dict:

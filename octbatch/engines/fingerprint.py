@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import OctbatchError
+from ..machine import cpu_facts
 
 __all__ = [
     "SIDECAR_SUFFIX",
@@ -38,27 +38,6 @@ SIDECAR_SUFFIX = ".fingerprint.json"
 ENGINE_FORMAT = 1  # bump when the layout of cached engines or fingerprints changes
 ORT_OPT_LEVEL = "extended"
 DEFAULT_BATCH = (1, 64, 128)
-# CPU instruction-set extensions that decide which ORT kernels a hardware-specific graph may use.
-_ISA_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "avx_vnni",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-    "asimd",
-    "sve",
-)
-
 # (fingerprint machine key, label in messages). TensorRT plans are tied to the TensorRT version and
 # to the GPU (by default the exact model, not only its compute capability).
 _COMPARED: dict[str, tuple[tuple[str, str], ...]] = {
@@ -68,26 +47,6 @@ _COMPARED: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 # --------------------------------------------------------------------------- machine facts
-
-
-def cpu_facts() -> dict:
-    name, flags = platform.processor() or "", set[str]()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model") and not name:
-                    name = val.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(val.split())
-    except OSError:
-        pass
-    return {
-        "cpu": name or platform.machine(),
-        "arch": platform.machine(),
-        "isa": sorted(f for f in _ISA_FLAGS if f in flags),
-    }
 
 
 def _ort_facts(strict: bool) -> dict:

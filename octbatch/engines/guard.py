@@ -7,13 +7,13 @@ whether int8 is worth having (--precision best and the ONNX Runtime int8 speed c
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import OctbatchError
+from ..timing import repeat_timed
 from .scans import iter_scan_batches
 
 if TYPE_CHECKING:
@@ -122,14 +122,8 @@ def guard_line(g: dict) -> str:
 
 def throughput(runner, x: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> float:
     """Median images/s of ``runner`` on batch ``x`` (what --precision best compares)."""
-    for _ in range(warmup):
-        runner.infer(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner.infer(x)
-        times.append(time.perf_counter() - t0)
-    return float(len(x) / np.median(times))
+    timed = repeat_timed(lambda: (runner.infer(x), len(x))[1], min_seconds=0.0, repeats=repeats, warmup=warmup)
+    return float(np.median([n / dt for n, dt in timed]))
 
 
 def speed_batch(info: ModelInfo, entries: Sequence | None, batch: int) -> np.ndarray:
