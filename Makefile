@@ -49,7 +49,8 @@ demo: $(VENV)/.installed-report
 	[ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; \
 	$(BIN)/octbatch report $(DEMO_OUT)/results.parquet --html $(DEMO_OUT)/report.html --referrals $(DEMO_OUT)/referrals.csv
 
-test: install-test
+# The one command: lint, types, then the tests (CI runs exactly this).
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: install-test

@@ -1,6 +1,6 @@
 """`run`: plan -> execute -> commit. Locate the archive and output, resolve the config, check the work
 folder, plan what is left (octbatch.plan), hand its shards to an executor, and commit the parts into
-one table (octbatch.merge).
+one table (octbatch.merging).
 
 Exactly once: a file's row is committed when its shard's part file is renamed into place. A rerun
 with the same --out skips every committed (path, size, mtime), processes the rest, and merges the
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .config import ResolvedRun, RunConfig, resolve
 from .errors import ExitCode, OctbatchError
-from .merge import merge, merge_into
+from .merging import merge, merge_into
 from .objstore import configure as configure_storage
 from .objstore import is_url
 from .phi import resolve_pseudonymizer
@@ -356,9 +356,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
         executor=rr.executor,
         slice=cfg.slice_text,
         decoder=rr.decoder,
+        gate=cfg.gate,
     )
     gate_settings, gate_desc = _resolve_gate(cfg)
-    s.gate = cfg.gate
     state = _state(cfg, rr, target.archive, gate_desc)
     volumes = (cfg.volumes, _volume_rule(cfg, rr)) if cfg.volumes else None  # refused before any work
 
@@ -396,10 +396,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
             commit(target, todo, use_previous, s, extra, rr, rep, volumes)
 
     s.seconds = time.perf_counter() - t_start
-    if s.failed_files:
-        s.exit_code = int(ExitCode.FAILED_SHARDS)
-    elif s.errors:
-        s.exit_code = int(ExitCode.UNREADABLE_FILES)
+    s.exit_code = int(ExitCode.FAILED_SHARDS if s.failed_files else ExitCode.UNREADABLE_FILES if s.errors else 0)
     return s
 
 
@@ -409,10 +406,3 @@ def _volume_rule(cfg: RunConfig, rr: ResolvedRun):
     return VolumeRule.from_options(
         rr.model.classes, referral=cfg.referral, min_frames=cfg.volume_min_frames, min_prob=cfg.volume_min_prob
     )
-
-
-def _resolve_runtime(cfg: RunConfig):
-    """(model info, overrides, backend, engine path, precision): kept for octbatch.bench, which reads
-    an engine's model this way; new code calls config.resolve."""
-    rr = resolve(cfg)
-    return rr.model, rr.model_overrides, rr.backend, rr.engine_path, rr.precision

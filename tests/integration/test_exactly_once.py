@@ -101,7 +101,7 @@ def test_crash_during_final_merge_leaves_a_valid_state(tmp_path, tiny_model, mon
         dest.parent.mkdir(exist_ok=True)
         os.link(p, dest)
 
-    import octbatch.merge as pipeline  # the commit step, where the merge writes
+    import octbatch.merging as pipeline  # the commit step, where the merge writes
 
     def killed_mid_merge(path, tables, schema, **kw):
         # What kill -9 leaves behind: a half-written temp file beside the output, no rename.

@@ -1,18 +1,18 @@
-"""octbatch.merge: the public `merge` name, and the schema a merge rebuilds from a table's metadata."""
+"""octbatch.merging: the public `merge` name, and the schema a merge rebuilds from a table's metadata."""
 
 from __future__ import annotations
 
 import json
 
 
-def test_public_merge_stays_callable_once_the_module_is_imported():
+def test_public_merge_is_the_function_once_the_modules_are_imported():
     import octbatch
-    import octbatch.merge
+    import octbatch.merging
     import octbatch.pipeline
     from octbatch import merge
 
-    assert callable(merge) and callable(octbatch.merge)
-    assert octbatch.pipeline.merge is octbatch.merge.merge
+    assert merge is octbatch.merging.merge is octbatch.pipeline.merge
+    assert octbatch.merge is merge
 
 
 def test_schema_from_metadata_matches_a_runs_schema():

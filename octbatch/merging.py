@@ -2,17 +2,13 @@
 
 `merge_into` streams them into a temp file renamed over the output (readers always see a whole
 table); `merge` is `octbatch merge`, which assembles the slices of `--slice i/N` runs.
-
-Note: `octbatch.merge` is also the public function `from octbatch import merge`. Importing this
-module makes the package attribute the module, so the module is callable and calls `merge`.
+(The module is not called merge.py so that `octbatch.merge` stays the public function.)
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-import types
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -199,13 +195,3 @@ def merge(
     )
     s.failed_files = gaps
     return s
-
-
-class _CallableModule(types.ModuleType):
-    """`octbatch.merge(...)` works whether the package attribute is this module or the function."""
-
-    def __call__(self, *args, **kwargs) -> RunSummary:
-        return merge(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
