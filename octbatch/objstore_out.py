@@ -8,6 +8,9 @@ Object stores have no rename, so the local protocol (temp file + rename) becomes
                                                 put (If-None-Match) so that the first attempt to finish wins;
                                                 a later attempt deletes its own part
   <out>.parts/run.json                         the settings every part was made with (as on disk)
+  <out>.parts/phi.key                          the random per-table pseudonym key (created once: conditional put)
+  <out>.parts/slice-<i>-of-<N>.json            the manifest of a finished `--slice i/N`: written when the
+                                                slice's parts are all committed; `octbatch merge` needs all N
   <out>                                        the table: written whole to a local temp file, then one PUT
 
 Readers (the next run, the merge) trust only committed parts: a part with no commit is an attempt
@@ -18,9 +21,9 @@ The driver stages the run in a local folder (the previous table, run.json and th
 are fetched there) so that the same resume/incremental/merge code as on disk runs unchanged; only
 the actors' parts go straight to the bucket. After the merge the table is put, then the merged
 commits are deleted (commit first, then its part: a part never loses its commit while trusted).
-Two runs on the same s3:// --out from one machine are kept apart by the flock on the local stage;
-from different machines nothing keeps them apart (there is no flock on a bucket): the commit
-protocol still gives each shard one committed part, but do not schedule them to overlap.
+Slices (`--slice i/N` with an s3:// --out) each stage in a folder of their own, commit their parts
+and their slice manifest to the bucket and publish no table; `octbatch merge s3://...` stages the
+committed parts and the manifests, merges them as on disk and publishes the table in one PUT.
 """
 
 from __future__ import annotations
@@ -78,15 +81,22 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
     return f"s3://{bucket}/{prefix}{name}"
 
 
+def _is_slice_manifest(name: str) -> bool:
+    return name.startswith("slice-") and name.endswith(".json") and "/" not in name
+
+
 class RemoteOut:
     """The driver's side: stage a run of an s3:// --out in a local folder, publish the table at the end."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, slice_: tuple[int, int] | None = None):
         self.url = url
         self.bucket, self.key = _split_key(url)
         self.parts_url = f"s3://{self.bucket}/{self.key}.parts"
         self.parts_prefix = self.key + ".parts/"
-        digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+        self.slice = slice_
+        # A stage per slice: two slices of one job on one machine never share (or wipe) a stage.
+        tag = url + (f"#slice-{slice_[0]}-of-{slice_[1]}" if slice_ else "")
+        digest = hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
         self.stage_dir = os.path.join(tempfile.gettempdir(), f"octbatch-{os.getuid()}-{digest}")
         self.local_out = os.path.join(self.stage_dir, os.path.basename(self.key) or "results.parquet")
         self._merged: list[tuple[str, str]] = []  # (commit key, part key) pulled so far
@@ -117,6 +127,24 @@ class RemoteOut:
                 f"cannot {what} {self.url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network."
             ) from None
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` unless it exists (a conditional put, If-None-Match); True if this call
+        created it. A store without conditional puts gets a plain put (True)."""
+        import obstore
+        import obstore.exceptions as oe
+
+        def put() -> bool:
+            try:
+                obstore.put(self._store(), key, data, mode="create")
+                return True
+            except oe.AlreadyExistsError:
+                return False
+            except oe.NotSupportedError:
+                obstore.put(self._store(), key, data)
+                return True
+
+        return self._call("write", put)
+
     def stage(self, overwrite: bool) -> str:
         """Fetch the previous table, run.json and the committed parts; returns the local out path."""
         import obstore
@@ -128,7 +156,7 @@ class RemoteOut:
             os.unlink(os.path.join(parts_dir, name))  # the bucket is the truth, not a previous stage
         if os.path.exists(self.local_out):
             os.unlink(self.local_out)
-        if overwrite:
+        if overwrite and self.slice is None:
             self._delete_prefix()
             return self.local_out
 
@@ -147,6 +175,10 @@ class RemoteOut:
         if self._call("read", fetch, self.parts_prefix + "phi.key", os.path.join(parts_dir, "phi.key")):
             os.chmod(os.path.join(parts_dir, "phi.key"), 0o600)
         self.pull_parts()
+        for key in self._call("list", self._list):
+            name = key[len(self.parts_prefix) :]
+            if _is_slice_manifest(name):
+                self._call("read", fetch, key, os.path.join(parts_dir, name))
         return self.local_out
 
     def _list(self):
@@ -180,16 +212,39 @@ class RemoteOut:
             n += 1
         return n
 
-    def save_settings(self) -> None:
+    def save_settings(self) -> bool:
+        """Put run.json, and the per-table pseudonym key if this run made it. The key is put with a
+        conditional put: when another slice put its own first, that one is fetched over ours and
+        True is returned (the caller must load the key again)."""
         import obstore
 
         with open(os.path.join(self.local_out + ".parts", "run.json"), "rb") as f:
             data = f.read()
         self._call("write", obstore.put, self._store(), self.parts_prefix + "run.json", data)
         key_file = os.path.join(self.local_out + ".parts", "phi.key")
-        if os.path.exists(key_file):  # a random per-table key: the next run into this table must find it
-            with open(key_file, "rb") as f:
-                self._call("write", obstore.put, self._store(), self.parts_prefix + "phi.key", f.read())
+        if not os.path.exists(key_file):
+            return False
+        with open(key_file, "rb") as f:  # a random per-table key: the next run into this table must find it
+            mine = f.read()
+        key = self.parts_prefix + "phi.key"
+        if self.put_if_absent(key, mine):
+            return False
+        theirs = self._call("read", lambda: bytes(obstore.get(self._store(), key).bytes()))
+        if theirs == mine:
+            return False
+        with open(key_file + ".tmp-dl", "wb") as f:
+            f.write(theirs)
+        os.chmod(key_file + ".tmp-dl", 0o600)
+        os.replace(key_file + ".tmp-dl", key_file)
+        return True
+
+    def save_slice_manifest(self, i: int, n: int, local_path: str) -> None:
+        """A finished slice's manifest (written by workdir.WorkDir locally) goes to the bucket, last."""
+        import obstore
+
+        with open(local_path, "rb") as f:
+            data = f.read()
+        self._call("write", obstore.put, self._store(), f"{self.parts_prefix}slice-{i}-of-{n}.json", data)
 
     def publish(self) -> None:
         """The table in one PUT; then the merged commits go (each before its part), and every part
@@ -212,8 +267,9 @@ class RemoteOut:
                     + self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))["part"]
                 )
         for key in keys:
-            if key[len(self.parts_prefix) :].startswith("part-") and key not in named:
-                self._call("clean up", obstore.delete, self._store(), key)
+            name = key[len(self.parts_prefix) :]
+            if (name.startswith("part-") and key not in named) or _is_slice_manifest(name):
+                self._call("clean up", obstore.delete, self._store(), key)  # slices: in the table now
 
     def _delete_prefix(self) -> None:
         import obstore

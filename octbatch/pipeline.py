@@ -55,14 +55,9 @@ def _locate(cfg: RunConfig) -> _Target:
     configure_storage(dict(cfg.storage_options))
     remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
     if is_url(cfg.out):
-        if cfg.slice is not None:
-            raise OctbatchError(
-                "--shard with an s3:// --out is not supported yet",
-                "Run the slices with a shared-file-system --out, or run once without --shard.",
-            )
         from .objstore_out import RemoteOut
 
-        remote = RemoteOut(cfg.out)
+        remote = RemoteOut(cfg.out, cfg.slice)
         out = remote.stage(cfg.overwrite)
     elif "://" in cfg.out:
         raise OctbatchError(
@@ -167,10 +162,10 @@ def _open_workdir(cfg: RunConfig, target: _Target, state: dict):
     md = check_previous_table(out, state) if use_previous else {}
     wd.write_settings(state)
     pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
+    if target.remote and target.remote.save_settings():  # another slice put the table's key first: use it
+        pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
     if use_previous:
         check_phi(md, pseudo, out)
-    if target.remote:
-        target.remote.save_settings()
     return use_previous, pseudo
 
 
@@ -293,9 +288,11 @@ def _tally(s: RunSummary, p: Plan, result: ExecutorResult, rr: ResolvedRun, seco
 
 
 # --- commit -------------------------------------------------------------------------------------
-def _finish_slice(cfg: RunConfig, wd: WorkDir, s: RunSummary, settings: dict) -> None:
-    """A --slice run commits its parts only; `octbatch merge` assembles the slices."""
+def _finish_slice(cfg: RunConfig, target: _Target, s: RunSummary, settings: dict) -> None:
+    """A --slice run commits its parts only; `octbatch merge` assembles the slices. With an s3://
+    --out the slice's manifest goes to the bucket (its parts are there already)."""
     assert cfg.slice is not None
+    wd = WorkDir(target.out)
     marker = {
         "slice": cfg.slice_text,
         "files": s.processed,
@@ -305,6 +302,9 @@ def _finish_slice(cfg: RunConfig, wd: WorkDir, s: RunSummary, settings: dict) ->
         "settings": settings,
     }
     wd.write_slice_marker(*cfg.slice, marker, s.run_id)
+    if target.remote:
+        target.remote.save_slice_manifest(*cfg.slice, wd.slice_marker(*cfg.slice))
+        s.out = target.remote.url
 
 
 def commit(
@@ -379,10 +379,11 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
             target.remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
         rep.finish()
         _tally(s, todo, result, rr, seconds)
-        if result.failures:
-            _write_failed_parts(result.failures, wcfg, rr.model, wd.path)
+        if result.failures:  # a slice into s3:// commits them to the bucket; a full run merges them from here
+            failed_dir = target.parts_dir if target.remote and cfg.slice is not None else wd.path
+            _write_failed_parts(result.failures, wcfg, rr.model, failed_dir)
         if cfg.slice is not None:
-            _finish_slice(cfg, wd, s, state["settings"])
+            _finish_slice(cfg, target, s, state["settings"])
         else:
             extra = {"run_id": run_id, "phi": pseudo.metadata(), "gate": gate_desc}
             commit(target, todo, use_previous, s, extra, rr, rep, volumes)

@@ -350,3 +350,61 @@ def test_local_archive_to_s3_out(s3, bucket, local_archive, local_rows, tiny_mod
     )
     assert code == 1 and err.startswith("Error: bucket of s3://no-such-bucket/r.parquet does not exist"), err
     assert "Traceback" not in err
+
+
+def wait_for_commits(s3, proc, prefix: str, n: int, timeout: float = 240) -> int:
+    """Wait until the run has committed n parts under prefix; returns how many it had."""
+    deadline = time.time() + timeout
+    commits = 0
+    while time.time() < deadline and proc.poll() is None:
+        commits = sum("/commit-" in k for k in bucket_keys(s3, "scans", prefix))
+        if commits >= n:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    return commits
+
+
+def test_slices_into_s3_out_killed_rerun_merged_exactly_once(s3, bucket, local_archive, local_rows, tiny_model):
+    """Two --slice runs into one s3:// --out, one SIGKILLed mid-run and rerun; merge trusts only the
+    committed manifests: every object has exactly one row, the same as the local table."""
+    out = "s3://scans/results/sliced.parquet"
+    base = ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    code, summary, err = octbatch(base + ["--slice", "0/2"], env_for(s3))
+    assert code in (0, 3), err
+    assert summary["merged"] is False and summary["out"] == out
+    first = summary["processed"]
+    assert "results/sliced.parquet.parts/slice-0-of-2.json" in bucket_keys(s3, "scans", "results/sliced")
+
+    code, _, err = octbatch(["merge", out], env_for(s3))  # slice 1 has not run: refused
+    assert code == 1 and "Error: slice(s) 1/2 of 2 have not finished" in err, err
+
+    proc = subprocess.Popen(
+        OCTBATCH + base + ["--slice", "1/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3)
+    )
+    before = sum("/commit-" in k for k in bucket_keys(s3, "scans", "results/sliced"))
+    wait_for_commits(s3, proc, "results/sliced", before + 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    keys = bucket_keys(s3, "scans", "results/sliced")
+    assert "results/sliced.parquet" not in keys and "results/sliced.parquet.parts/slice-1-of-2.json" not in keys
+    # A part whose attempt died before its commit: never trusted, removed by the merge.
+    s3.client().put_object(
+        Bucket="scans", Key="results/sliced.parquet.parts/part-00000000000000000000-deadbeef0000.parquet", Body=b"x"
+    )
+
+    code, summary, err = octbatch(base + ["--slice", "1/2"], env_for(s3))  # the rerun: resumes the slice
+    assert code in (0, 3), err
+    n = len(objects_of(local_archive))
+    assert summary["skipped"] >= first + 2 * SHARD  # slice 0's rows and slice 1's committed parts
+    assert summary["skipped"] + summary["processed"] == n
+
+    code, summary, err = octbatch(["merge", out, "--json"], env_for(s3))
+    assert code == 0, err
+    assert summary["out"] == out and summary["rows"] == n
+    assert_same_rows(table_in_bucket(s3, "scans", "results/sliced.parquet"), local_rows)
+    assert bucket_keys(s3, "scans", "results/sliced") == [
+        "results/sliced.parquet",
+        "results/sliced.parquet.parts/phi.key",
+        "results/sliced.parquet.parts/run.json",
+    ]
