@@ -58,6 +58,7 @@ class _KeepOnce:
             t.column("frame").to_pylist(),
             t.column("bytes").to_pylist(),
             t.column("mtime").cast(pa.int64()).to_pylist(),
+            t.column("etag").to_pylist(),
         ):
             keep = key in self.discovered and key not in self.seen
             if keep:

@@ -8,8 +8,10 @@ and is the only one of the three whose listing streams (constant memory); benchm
 - Discovery lists the prefix page by page (`obstore.list`, 1,000 keys a chunk): keys come in the
   store's lexicographic order, which is the same on every run, so shards are deterministic; memory
   stays flat however many keys there are. A key's path relative to the prefix plays the part of a
-  file's relative path (labels and patient ids come from it as on disk); its size and LastModified
-  are what the resume and incremental logic key on, as size and mtime are on disk.
+  file's relative path (labels and patient ids come from it as on disk); its size and ETag are what
+  the resume and incremental logic key on (LastModified has whole seconds on S3: an object
+  overwritten within a second with other bytes of the same size would look unchanged), as size
+  and mtime are on disk; the table keeps LastModified as `mtime` and the ETag as `etag`.
 - Reads: a batch's objects are fetched whole, `FETCH_THREADS` at once, on the worker's prefetch
   thread, so fetching and decoding the next batch overlaps inference of the current one
   (`fetch_then`). A missing or unreadable object becomes that file's error row, never a failed batch.
@@ -200,7 +202,10 @@ def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=la
                     continue
                 lm = m["last_modified"]
                 mtime_ns = int(lm.timestamp() * 1_000_000) * 1000  # microseconds, as the table stores them
-                yield FileEntry(rel, f"s3://{bucket}/{key}", int(m["size"]), mtime_ns)
+                etag = m.get("e_tag")
+                yield FileEntry(
+                    rel, f"s3://{bucket}/{key}", int(m["size"]), mtime_ns, etag.strip('"') if etag else None
+                )
     except OctbatchError:
         raise
     except Exception as exc:  # noqa: BLE001 - obstore's errors are mapped to user errors

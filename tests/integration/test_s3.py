@@ -408,3 +408,52 @@ def test_slices_into_s3_out_killed_rerun_merged_exactly_once(s3, bucket, local_a
         "results/sliced.parquet.parts/phi.key",
         "results/sliced.parquet.parts/run.json",
     ]
+
+
+def test_incremental_keys_on_etag_not_on_the_second(s3, bucket, local_archive, tiny_model, tmp_path):
+    """An object overwritten with other bytes of the same size within the same LastModified second is
+    reclassified (its ETag changed); the same bytes put again later are not (same ETag)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    c = s3.client()
+    scans = [p for p in objects_of(local_archive).values() if p.suffix == ".jpeg" and p.stat().st_size > 5000][:6]
+    for p in scans:
+        c.put_object(Bucket="scans", Key="etag/CNV/" + p.name, Body=p.read_bytes())
+    out = tmp_path / "etag.parquet"
+    args = ["run", "s3://scans/etag", "--out", out, "--model", tiny_model, "--json", "-q"]
+    try:
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code == 0 and summary["processed"] == 6, err
+        target, body = scans[0].name, bytearray(scans[0].read_bytes())
+        assert rows_by_path(out)["CNV/" + target]["etag"] == c.head_object(Bucket="scans", Key="etag/CNV/" + target)[
+            "ETag"
+        ].strip('"')
+        mid = len(body) // 2
+        body[mid : mid + 64] = bytes(b ^ 0x5A for b in body[mid : mid + 64])  # other bytes, same size
+        c.put_object(Bucket="scans", Key="etag/CNV/" + target, Body=bytes(body))
+        head = c.head_object(Bucket="scans", Key="etag/CNV/" + target)
+        # As if the first put had happened in the same second: the table's mtime is the new LastModified.
+        t = pq.read_table(out)
+        lm = int(head["LastModified"].astimezone(dt.UTC).timestamp() * 1_000_000)
+        mt = [
+            lm if p == "CNV/" + target else m
+            for p, m in zip(t.column("path").to_pylist(), t.column("mtime").cast(pa.int64()).to_pylist())
+        ]
+        t = t.set_column(
+            t.schema.get_field_index("mtime"),
+            t.schema.field("mtime"),
+            pa.array(mt, pa.int64()).cast(t.schema.field("mtime").type),
+        )
+        pq.write_table(t, out)
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code in (0, 3) and summary["processed"] == 1 and summary["rows"] == 6, err
+        assert rows_by_path(out)["CNV/" + target]["etag"] == head["ETag"].strip('"')
+
+        c.put_object(Bucket="scans", Key="etag/CNV/" + target, Body=bytes(body))  # same bytes, later: same ETag
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code in (0, 3) and summary["processed"] == 0 and summary["skipped"] == 6, err
+    finally:
+        for p in scans:
+            c.delete_object(Bucket="scans", Key="etag/CNV/" + p.name)
