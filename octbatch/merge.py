@@ -208,17 +208,19 @@ def merge(
 
 def _merge_remote(url: str, archive: str | None, rep: Reporter, allow_missing: bool) -> RunSummary:
     """`octbatch merge s3://...`: stage what the slices committed, merge it locally, publish."""
+    from .objstore_lock import S3Lock
     from .objstore_out import RemoteOut
 
     remote = RemoteOut(url)
-    staged = remote.stage(overwrite=False)
-    if not os.path.exists(WorkDir(staged).run_json):
-        raise OctbatchError(
-            f"no octbatch run under {url}.parts (no run.json there)",
-            "Run octbatch run ... --out OUT --slice i/N first (same --out).",
-        )
-    s = merge(staged, archive=archive, reporter=rep, allow_missing=allow_missing)
-    remote.publish()
+    with S3Lock(remote):  # alone on the table: no slice may commit while the merge reads
+        staged = remote.stage(overwrite=False)
+        if not os.path.exists(WorkDir(staged).run_json):
+            raise OctbatchError(
+                f"no octbatch run under {url}.parts (no run.json there)",
+                "Run octbatch run ... --out OUT --slice i/N first (same --out).",
+            )
+        s = merge(staged, archive=archive, reporter=rep, allow_missing=allow_missing)
+        remote.publish()
     s.out = url
     return s
 

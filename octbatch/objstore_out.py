@@ -24,6 +24,8 @@ commits are deleted (commit first, then its part: a part never loses its commit 
 Slices (`--slice i/N` with an s3:// --out) each stage in a folder of their own, commit their parts
 and their slice manifest to the bucket and publish no table; `octbatch merge s3://...` stages the
 committed parts and the manifests, merges them as on disk and publishes the table in one PUT.
+Runs, slices and merges of one s3:// --out, from any machines, are kept apart by lock objects in
+the bucket (`<out>.lock/`, octbatch/objstore_lock.py), taken before the stage.
 """
 
 from __future__ import annotations
@@ -182,10 +184,13 @@ class RemoteOut:
         return self.local_out
 
     def _list(self):
+        return self._list_under(self.parts_prefix)
+
+    def _list_under(self, prefix: str) -> list[str]:
         import obstore
 
         out: list[str] = []
-        for chunk in obstore.list(self._store(), self.parts_prefix, chunk_size=1000):
+        for chunk in obstore.list(self._store(), prefix, chunk_size=1000):
             out.extend(m["path"] for m in chunk)
         return out
 

@@ -44,6 +44,12 @@ class _Target:
     archive: str  # absolute path or s3:// URL
     out: str  # the local output file (an s3:// --out is staged here)
     remote: Any = None  # objstore_out.RemoteOut for an s3:// --out
+    lock: Any = None  # objstore_lock.S3Lock held on that --out
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def parts_dir(self) -> str:
@@ -53,20 +59,27 @@ class _Target:
 def _locate(cfg: RunConfig) -> _Target:
     archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
     configure_storage(dict(cfg.storage_options))
-    remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
-    if is_url(cfg.out):
+    if is_url(cfg.out):  # staged in a local folder; parts, commits, locks and the table in the bucket
+        from .objstore_lock import S3Lock
         from .objstore_out import RemoteOut
 
         remote = RemoteOut(cfg.out, cfg.slice)
-        out = remote.stage(cfg.overwrite)
-    elif "://" in cfg.out:
+        lock = S3Lock(remote, cfg.slice)
+        lock.acquire()  # before the stage: what it reads must not change under it
+        try:
+            out = remote.stage(cfg.overwrite)
+            _check_paths(archive, out)
+        except BaseException:
+            lock.release()
+            raise
+        return _Target(archive, out, remote, lock)
+    if "://" in cfg.out:
         raise OctbatchError(
             f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path."
         )
-    else:
-        out = os.path.abspath(cfg.out)
+    out = os.path.abspath(cfg.out)
     _check_paths(archive, out)
-    return _Target(archive, out, remote)
+    return _Target(archive, out)
 
 
 def _check_paths(archive: str, out: str) -> None:
@@ -336,6 +349,14 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     target = _locate(cfg)
+    try:
+        return _run(cfg, target, rep, executor, t_start)
+    finally:
+        target.close()
+
+
+def _run(cfg: RunConfig, target: _Target, rep: Reporter, executor: Executor | None, t_start: float) -> RunSummary:
+    """run() once the output is located (and an s3:// --out locked and staged)."""
     rr = resolve(cfg)
     run_id = uuid.uuid4().hex[:16]
     s = RunSummary(

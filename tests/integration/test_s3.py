@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -457,3 +458,61 @@ def test_incremental_keys_on_etag_not_on_the_second(s3, bucket, local_archive, t
     finally:
         for p in scans:
             c.delete_object(Bucket="scans", Key="etag/CNV/" + p.name)
+
+
+def lock_keys(s3, key: str) -> list[str]:
+    return bucket_keys(s3, "scans", key + ".lock/")
+
+
+def test_s3_out_lock_keeps_a_second_run_out_and_stale_locks_are_taken_over(s3, bucket, local_archive, tiny_model):
+    out = "s3://scans/results/locked.parquet"
+    args = ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    proc = subprocess.Popen(OCTBATCH + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not lock_keys(s3, "results/locked.parquet"):
+        time.sleep(0.05)
+    assert lock_keys(s3, "results/locked.parquet") == ["results/locked.parquet.lock/run.json"]
+    t0 = time.time()
+    code, _, err = octbatch(args, env_for(s3))  # a second run into the same table: refused, nothing written
+    assert code == 1, err
+    assert err.startswith(
+        f"Error: another octbatch run is writing {out} (pid {proc.pid} on {os.uname().nodename}, run, last heartbeat"
+    ), err
+    assert "Wait for it to finish, or give a different --out." in err and "Traceback" not in err
+    code, _, err = octbatch(args + ["--slice", "0/2"], env_for(s3))  # nor a slice beside it
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid {proc.pid}"), err
+    code, _, err = octbatch(["merge", out], env_for(s3))  # nor a merge
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid {proc.pid}"), err
+    assert time.time() - t0 < 60
+
+    # The owner is killed: the rerun on this machine takes its lock over at once (its pid is gone).
+    wait_for_commits(s3, proc, "results/locked", 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert lock_keys(s3, "results/locked.parquet")  # a dead run's lock stays behind
+    code, summary, err = octbatch(args, env_for(s3))
+    assert code == 3, err
+    assert (
+        f"octbatch: warning: taking over the lock results/locked.parquet.lock/run.json of {out} held by pid "
+        f"{proc.pid} on {os.uname().nodename}: its process {proc.pid} on this machine is gone" in err
+    ), err
+    n = len(objects_of(local_archive))
+    assert summary["rows"] == n and summary["skipped"] >= 2 * SHARD
+    assert len(table_in_bucket(s3, "scans", "results/locked.parquet")) == n
+    assert lock_keys(s3, "results/locked.parquet") == []  # released at the end
+
+    # A lock of a run on another machine: alive while its heartbeat is fresh, stale after the timeout.
+    lock = "results/locked.parquet.lock/run.json"
+    body = {"token": "x", "pid": 4242, "host": "other-node", "what": "run", "started_at": 0}
+    s3.client().put_object(Bucket="scans", Key=lock, Body=json.dumps(body | {"heartbeat_at": time.time()}).encode())
+    code, _, err = octbatch(args, env_for(s3))
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid 4242 on other-node"), err
+    s3.client().put_object(
+        Bucket="scans", Key=lock, Body=json.dumps(body | {"heartbeat_at": time.time() - 1000}).encode()
+    )
+    code, summary, err = octbatch(args, env_for(s3))
+    assert code == 0 and summary["processed"] == 0 and summary["rows"] == n, err
+    assert re.search(
+        r"held by pid 4242 on other-node: no heartbeat for 100\d s \(over OCTBATCH_S3_LOCK_STALE_S=300\)", err
+    )
+    assert lock_keys(s3, "results/locked.parquet") == []
