@@ -12,10 +12,12 @@ Each size is also listed by obstore alone (`raw`: the same stream, no octbatch c
 the server's and the client library's share from octbatch's own per-key work.
 
 `--fast-server` replaces moto's ListObjectsV2 (which sorts every key of the bucket for each
-1,000-key page: O(N) per page, O(N^2) per listing) with a sorted index and bisect, so that the
-client is measured rather than moto; the responses are the same keys in the same order.
+1,000-key page: O(N) per page, O(N^2) per listing) with a sorted index and bisect; the responses
+are the same keys in the same order. `--canned-server` serves the same keys' ListObjectsV2 pages
+from memory (benchmarks/s3_canned.py: http.server, no moto), so that only
+the client (obstore + octbatch) is measured: what a server that answers a page in ~1 ms gives.
 
-    python benchmarks/s3_listing.py --keys 10000 100000 --repeats 3 [--fast-server]
+    python benchmarks/s3_listing.py --keys 10000 100000 --repeats 3 [--fast-server | --canned-server]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 CHILD = r"""
 import json, os, sys, time
@@ -88,26 +91,42 @@ def patch_listing() -> None:
     S3Backend.list_objects_v2 = list_objects_v2  # type: ignore[method-assign]
 
 
+def key_names(n: int) -> list[str]:
+    classes = ("CNV", "DME", "DRUSEN", "NORMAL")
+    return sorted(f"oct/{classes[i % 4]}/{classes[i % 4]}-{100000 + i // 8}-{i % 8}.jpeg" for i in range(n))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fast-server", action="store_true")
+    ap.add_argument("--canned-server", action="store_true")
     args = ap.parse_args()
-
-    from moto.server import ThreadedMotoServer
-
-    if args.fast_server:
-        patch_listing()
     sys.path.insert(0, os.getcwd())
-    from tests.helpers.s3_server import free_port
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    import logging
+    server: Any
+    if args.canned_server:
+        from s3_canned import CannedS3
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server.start()
+        server = CannedS3({f"list-{n}": dict.fromkeys(key_names(n), b"\xff\xd8\xff") for n in args.keys})
+        server.__enter__()
+        server.stop = lambda: server.__exit__(None, None, None)
+        port = int(server.endpoint.rsplit(":", 1)[1])
+    else:
+        from moto.server import ThreadedMotoServer
+
+        from tests.helpers.s3_server import free_port
+
+        if args.fast_server:
+            patch_listing()
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        server.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "bench",
@@ -117,7 +136,7 @@ def main() -> None:
         "PYTHONPATH": os.getcwd(),
     }
     try:
-        for n in args.keys:
+        for n in args.keys if not args.canned_server else ():
             print(f"# {n} keys into list-{n}: {fill(f'list-{n}', n):.1f} s", file=sys.stderr)
         runs: dict[tuple[int, str], list[dict]] = {(n, m): [] for n in args.keys for m in ("octbatch", "raw")}
         for r in range(args.repeats):
@@ -148,7 +167,8 @@ def main() -> None:
             "rss_before_mib": round(statistics.median(x["rss_before"] for x in rs), 1),
             "rss_peak_mib": round(statistics.median(x["rss_peak"] for x in rs), 1),
         }
-    print(json.dumps({"fast_server": args.fast_server, "results": list(rows.values())}, indent=1))
+    server_kind = "canned" if args.canned_server else "moto, sorted index" if args.fast_server else "moto"
+    print(json.dumps({"server": server_kind, "results": list(rows.values())}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ alternate (rotated each repeat), medians of the run's own files/s. `--baseline D
 with the octbatch of another checkout (e.g. `git archive` of the commit before a change) on the same
 server. For each run it records the CPU seconds the octbatch process used and the CPU seconds the
 moto server used meanwhile (from /proc), which tells the server's share of a 2-core machine.
+`--server canned` serves the objects from memory instead (benchmarks/s3_canned.py, in this process):
+what octbatch's S3 path costs when the server is not the bottleneck.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -68,21 +72,31 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", help="another checkout's root: its octbatch reads S3 as a third configuration")
+    ap.add_argument("--server", choices=["moto", "canned"], default="moto")
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as td, moto_server() as srv:
+    with tempfile.TemporaryDirectory() as td, contextlib.ExitStack() as stack:
         tmp = Path(td)
         src = tmp / "scans"
         make_scans(src, a.scans)
         files = sorted(p for p in src.rglob("*") if p.is_file())
-        c = srv.client()
-        c.create_bucket(Bucket="bench")
-        with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda p: c.put_object(Bucket="bench", Key=f"scans/{p.relative_to(src)}", Body=p.read_bytes()),
-                    files,
+        if a.server == "canned":
+            from s3_canned import CannedS3
+
+            objects = {f"scans/{p.relative_to(src)}": p.read_bytes() for p in files}
+            srv: Any = stack.enter_context(CannedS3({"bench": objects}))
+            server_pid = os.getpid()
+        else:
+            srv = stack.enter_context(moto_server())
+            server_pid = srv.pid
+            c = srv.client()
+            c.create_bucket(Bucket="bench")
+            with ThreadPoolExecutor(8) as pool:
+                list(
+                    pool.map(
+                        lambda p: c.put_object(Bucket="bench", Key=f"scans/{p.relative_to(src)}", Body=p.read_bytes()),
+                        files,
+                    )
                 )
-            )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | srv.env()
         configs = {"local": (str(src), env), "s3": ("s3://bench/scans", env)}
         if a.baseline:
@@ -92,12 +106,13 @@ def main() -> None:
         for r in range(a.repeats):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 archive, e = configs[name]
-                got = one_run(archive, tmp / f"{name}.parquet", e, srv.pid)
+                got = one_run(archive, tmp / f"{name}.parquet", e, server_pid)
                 assert got["rows"] == len(files), got
                 res[name].append(got)
                 print(f"# {r} {name}: {got}", file=sys.stderr)
     med = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0] if k != "rows"} for n, rs in res.items()}
     out = {
+        "server": a.server,
         "scans": len(files),
         "median": med,
         "files_per_second_runs": {n: [x["files_per_second"] for x in rs] for n, rs in res.items()},
