@@ -64,15 +64,19 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=COMPRESSION, write_statistics=True)
     name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
+    statuses = set(table.column("status").to_pylist())
+    failed = statuses == {"failed"}  # written by the driver for a shard that failed every attempt
     try:
         obstore.put(store, prefix + name, buf.getvalue())
-        commit = json.dumps({"part": name, "rows": table.num_rows, "shard": shard_id}).encode()
+        commit = json.dumps({"part": name, "rows": table.num_rows, "shard": shard_id, "failed": failed}).encode()
+        key = f"{prefix}commit-{shard_id}.json"
         try:
-            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit, mode="create")
+            obstore.put(store, key, commit, mode="create")
         except oe.AlreadyExistsError:
-            obstore.delete(store, prefix + name)  # another attempt of this shard committed first
+            if failed or not _replace_failed(store, prefix, key, commit):
+                obstore.delete(store, prefix + name)  # another attempt of this shard committed first
         except oe.NotSupportedError:
-            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit)  # no conditional put: last wins, same rows
+            obstore.put(store, key, commit)  # no conditional put: last wins, same rows
     except OctbatchError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -85,6 +89,29 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
 
 def _is_slice_manifest(name: str) -> bool:
     return name.startswith("slice-") and name.endswith(".json") and "/" not in name
+
+
+def _replace_failed(store, prefix: str, key: str, commit: bytes) -> bool:
+    """The shard's commit names a `failed` part (a slice gave up on it; this is the rerun that
+    retries it): put ours in its place, conditional on its ETag, and delete the failed part. As on
+    disk, where the rerun's part file replaces the failed one. False: the commit is a real one."""
+    import obstore
+    import obstore.exceptions as oe
+
+    got = obstore.get(store, key)
+    etag = got.meta.get("e_tag")
+    old = json.loads(bytes(got.bytes()))
+    if not old.get("failed"):
+        return False
+    try:
+        obstore.put(store, key, commit, mode={"e_tag": etag} if etag else "overwrite")
+    except oe.PreconditionError:
+        return False  # another attempt replaced it first
+    try:
+        obstore.delete(store, prefix + old["part"])
+    except Exception:  # noqa: BLE001 - an orphan part is deleted by the next merge
+        pass
+    return True
 
 
 class RemoteOut:
@@ -101,7 +128,7 @@ class RemoteOut:
         digest = hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
         self.stage_dir = os.path.join(tempfile.gettempdir(), f"octbatch-{os.getuid()}-{digest}")
         self.local_out = os.path.join(self.stage_dir, os.path.basename(self.key) or "results.parquet")
-        self._merged: list[tuple[str, str]] = []  # (commit key, part key) pulled so far
+        self._merged: dict[str, tuple[str | None, str]] = {}  # commit key -> (its ETag, part key) pulled so far
 
     def _store(self):
         return _store(self.bucket)
@@ -187,23 +214,29 @@ class RemoteOut:
         return self._list_under(self.parts_prefix)
 
     def _list_under(self, prefix: str) -> list[str]:
+        return [path for path, _ in self._list_meta(prefix)]
+
+    def _list_meta(self, prefix: str) -> list[tuple[str, str | None]]:
+        """(key, ETag) of every object under prefix."""
         import obstore
 
-        out: list[str] = []
+        out: list[tuple[str, str | None]] = []
         for chunk in obstore.list(self._store(), prefix, chunk_size=1000):
-            out.extend(m["path"] for m in chunk)
+            out.extend((m["path"], m.get("e_tag")) for m in chunk)
         return out
 
     def pull_parts(self) -> int:
-        """Fetch every committed part not fetched yet into the stage's parts folder."""
+        """Fetch every committed part not fetched yet (or whose commit changed: a failed part
+        replaced by a retry) into the stage's parts folder."""
         import obstore
 
-        keys = self._call("list", self._list)
-        have = {c for c, _ in self._merged}
+        listed = self._call("list", self._list_meta, self.parts_prefix)
         n = 0
-        for key in keys:
+        for key, etag in listed:
             name = key[len(self.parts_prefix) :]
-            if not (name.startswith("commit-") and name.endswith(".json")) or key in have:
+            if not (name.startswith("commit-") and name.endswith(".json")):
+                continue
+            if key in self._merged and self._merged[key][0] == etag:
                 continue
             commit = self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))
             part_key = self.parts_prefix + commit["part"]
@@ -213,7 +246,7 @@ class RemoteOut:
             with open(dest + ".tmp-dl", "wb") as f:
                 f.write(data)
             os.replace(dest + ".tmp-dl", dest)
-            self._merged.append((key, part_key))
+            self._merged[key] = (etag, part_key)
             n += 1
         return n
 
@@ -258,7 +291,7 @@ class RemoteOut:
 
         with open(self.local_out, "rb") as f:
             self._call("write", obstore.put, self._store(), self.key, f)
-        for commit_key, part_key in self._merged:
+        for commit_key, (_, part_key) in self._merged.items():
             self._call("clean up", obstore.delete, self._store(), commit_key)
             self._call("clean up", obstore.delete, self._store(), part_key)
         self._merged.clear()
