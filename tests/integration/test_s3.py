@@ -516,3 +516,44 @@ def test_s3_out_lock_keeps_a_second_run_out_and_stale_locks_are_taken_over(s3, b
         r"held by pid 4242 on other-node: no heartbeat for 100\d s \(over OCTBATCH_S3_LOCK_STALE_S=300\)", err
     )
     assert lock_keys(s3, "results/locked.parquet") == []
+
+
+def test_a_slice_s_failed_shard_is_replaced_by_its_retry_then_merged_once(
+    s3, bucket, local_archive, local_rows, tiny_model, monkeypatch
+):
+    """A shard that fails every attempt in a slice gets `failed` rows committed to the bucket; the rerun
+    of the slice retries it and its part replaces the failed one; the merge has each object once, ok."""
+    import octbatch.objstore as objstore
+    from octbatch import RunConfig, merge, run
+    from octbatch.executors.local import LocalExecutor
+    from octbatch.plan import Selection, keyed_entries
+    from octbatch.shards import make_shards
+    from tests.helpers.faulty_workers import FailShard
+
+    for k, v in env_for(s3).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    objstore._stores.clear()
+    out = "s3://scans/results/retried.parquet"
+    try:
+        entries = [e for e, _ in keyed_entries(Selection(bucket), "/none", lambda pid: None)]
+        bad = list(make_shards(entries, SHARD))[1]
+        cfg = RunConfig(archive=bucket, out=out, model=tiny_model, shard_size=SHARD, slice="0/1", max_shard_retries=0)
+        s = run(cfg, executor=LocalExecutor(max_shard_retries=0, worker_factory=FailShard(bad.id)))
+        assert s.failed_files == len(bad) and not s.merged
+        commit = f"results/retried.parquet.parts/commit-{bad.id}.json"
+        body = s3.client().get_object(Bucket="scans", Key=commit)["Body"].read()
+        assert json.loads(body)["failed"] is True
+
+        s = run(cfg)  # the rerun retries exactly the failed shard's files
+        assert s.failed_files == 0 and s.processed == len(bad)
+        assert json.loads(s3.client().get_object(Bucket="scans", Key=commit)["Body"].read())["failed"] is False
+
+        s = merge(out)
+        assert s.rows == len(local_rows) and s.out == out
+        rows = table_in_bucket(s3, "scans", "results/retried.parquet")
+        assert not [p for p, r in rows.items() if r["status"] == "failed"]
+        assert_same_rows(rows, local_rows)
+        assert [k for k in bucket_keys(s3, "scans", "results/retried") if "/part-" in k or "/commit-" in k] == []
+    finally:
+        objstore._stores.clear()
