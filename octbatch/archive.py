@@ -31,6 +31,7 @@ class FileEntry:
     abspath: str  # what open() takes (may hold surrogate escapes for non-UTF-8 names)
     size: int
     mtime_ns: int
+    etag: str | None = None  # an S3 object's ETag (octbatch.objstore); a version is then (path, size, etag)
 
     # What the name says is parsed only for files that get a row now: a resumed run over a
     # million committed files never pays for it.

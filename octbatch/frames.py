@@ -59,6 +59,7 @@ class FrameEntry:
     frame: int | None  # None for a single-image file
     info: Any = None  # DicomInfo | TiffInfo
     error: str | None = None
+    etag: str | None = None  # of the volume's object, when it lives on S3
 
     def names(self) -> tuple[str | None, str | None, int | None]:
         label, patient, image_no = parse_name(self.path)
@@ -71,17 +72,21 @@ class FrameEntry:
         return self.frame or 0
 
 
-def row_key(path: str, frame: int | None, size: int, mtime_us: int) -> int:
-    """Identity of one row: a file version, and the frame within it when it has frames."""
+def row_key(path: str, frame: int | None, size: int, mtime_us: int, etag: str | None = None) -> int:
+    """Identity of one row: a file version, and the frame within it when it has frames. A file's
+    version is (size, mtime); an S3 object's is (size, ETag) when the store gives an ETag: an object
+    overwritten within the same second with other bytes of the same size is a new version."""
+    if etag is not None:
+        return hash((path, -1 if frame is None else int(frame), int(size), etag))
     if frame is None:
         return entry_key(path, size, mtime_us)
     return hash((path, int(frame), int(size), int(mtime_us)))
 
 
 def entry_row_key(e) -> int:
-    if type(e) is FileEntry:  # the common case, kept as cheap as entry_key (discovery of 1M files calls it 1M times)
+    if type(e) is FileEntry and e.etag is None:  # the common case, as cheap as entry_key (1M files: 1M calls)
         return hash((e.path, e.size, e.mtime_ns // 1000))
-    return row_key(e.path, e.frame, e.size, e.mtime_ns // 1000)
+    return row_key(e.path, getattr(e, "frame", None), e.size, e.mtime_ns // 1000, e.etag)
 
 
 def _no_extension_or_numeric(name: str) -> bool:
@@ -127,7 +132,7 @@ def _expand_dicom(e, pseudonymize, max_pixels, max_volume_pixels) -> Iterator[Fr
     from .dicom import HeaderError, native_frames_present, read_dicom_header
 
     def one(error=None, info=None, frame=None):
-        return FrameEntry(e.path, e.abspath, e.size, e.mtime_ns, frame, info, error)
+        return FrameEntry(e.path, e.abspath, e.size, e.mtime_ns, frame, info, error, e.etag)
 
     try:
         info = read_dicom_header(e.abspath, pseudonymize, max_pixels=max_pixels, max_volume_pixels=max_volume_pixels)
@@ -175,11 +180,12 @@ def _expand_tiff(e, max_pixels, max_volume_pixels) -> Iterator:
             None,
             f"TIFF stack of {n} pages of {w}x{h} is over the {max_volume_pixels / 1e9:.1f} G pixel volume limit "
             "(raise --max-volume-pixels if genuine)",
+            e.etag,
         )
         return
     info = TiffInfo("tiff", n)
     for i in range(n):
-        yield FrameEntry(e.path, e.abspath, e.size, e.mtime_ns, i, info, None)
+        yield FrameEntry(e.path, e.abspath, e.size, e.mtime_ns, i, info, None, e.etag)
 
 
 # --- the extra columns of the results table ---------------------------------------------------

@@ -1,7 +1,9 @@
 """Commit: the previous table and the part files become one new table, each discovered row once.
 
 `merge_into` streams them into a temp file renamed over the output (readers always see a whole
-table); `merge` is `octbatch merge`, which assembles the slices of `--slice i/N` runs.
+table); `merge` is `octbatch merge`, which assembles the slices of `--slice i/N` runs. An s3:// OUT
+is staged locally first (the committed parts and slice manifests only: octbatch.objstore_out),
+merged the same way, and published in one PUT.
 (The module is not called merge.py so that `octbatch.merge` stays the public function.)
 """
 
@@ -52,6 +54,7 @@ class _KeepOnce:
             t.column("frame").to_pylist(),
             t.column("bytes").to_pylist(),
             t.column("mtime").cast(pa.int64()).to_pylist(),
+            t.column("etag").to_pylist(),
         ):
             keep = key in self.discovered and key not in self.seen
             if keep:
@@ -157,6 +160,8 @@ def merge(
     """
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
+    if is_url(out):
+        return _merge_remote(out, archive, rep, allow_missing)
     out = os.path.abspath(out)
     wd = WorkDir(out)
     state = wd.read_settings()
@@ -195,3 +200,23 @@ def merge(
     )
     s.failed_files = gaps
     return s
+
+
+def _merge_remote(url: str, archive: str | None, rep: Reporter, allow_missing: bool) -> RunSummary:
+    """`octbatch merge s3://...`: stage what the slices committed, merge it locally, publish."""
+    from .objstore_lock import S3Lock
+    from .objstore_out import RemoteOut
+
+    remote = RemoteOut(url)
+    with S3Lock(remote):  # alone on the table: no slice may commit while the merge reads
+        staged = remote.stage(overwrite=False)
+        if not os.path.exists(WorkDir(staged).run_json):
+            raise OctbatchError(
+                f"no octbatch run under {url}.parts (no run.json there)",
+                "Run octbatch run ... --out OUT --slice i/N first (same --out).",
+            )
+        s = merge(staged, archive=archive, reporter=rep, allow_missing=allow_missing)
+        remote.publish()
+    s.out = url
+    return s
+

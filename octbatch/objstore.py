@@ -8,11 +8,13 @@ and is the only one of the three whose listing streams (constant memory); benchm
 - Discovery lists the prefix page by page (`obstore.list`, 1,000 keys a chunk): keys come in the
   store's lexicographic order, which is the same on every run, so shards are deterministic; memory
   stays flat however many keys there are. A key's path relative to the prefix plays the part of a
-  file's relative path (labels and patient ids come from it as on disk); its size and LastModified
-  are what the resume and incremental logic key on, as size and mtime are on disk.
-- Reads: a batch's objects are fetched whole, `FETCH_THREADS` at once, on the worker's prefetch
-  thread, so fetching and decoding the next batch overlaps inference of the current one
-  (`fetch_then`). A missing or unreadable object becomes that file's error row, never a failed batch.
+  file's relative path (labels and patient ids come from it as on disk); its size and ETag are what
+  the resume and incremental logic key on (LastModified has whole seconds on S3: an object
+  overwritten within a second with other bytes of the same size would look unchanged), as size
+  and mtime are on disk; the table keeps LastModified as `mtime` and the ETag as `etag`.
+- Reads: a batch's objects are fetched whole, `FETCH_THREADS` at once, while the batch is decoded
+  on the worker's prefetch thread (each decode waits for its own object only), and all of it
+  overlaps inference of the previous batch (`fetch_then`). A missing or unreadable object becomes that file's error row, never a failed batch.
 - Credentials: obstore's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, web
   identity tokens as on EKS/KubeRay, ECS and EC2 instance metadata); when no key is in the
   environment and boto3 is installed, boto3's chain instead (adds ~/.aws/credentials, AWS_PROFILE,
@@ -28,7 +30,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from .errors import OctbatchError
@@ -60,7 +62,7 @@ _CLIENT_OPTIONS = {
 _options: dict[str, str] = {}
 _stores: dict = {}
 _lock = threading.Lock()
-_fetched: dict[str, bytes | BaseException] = {}
+_fetched: dict[str, Future] = {}
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -200,7 +202,10 @@ def discover_objects(url: str, *, include=(), exclude=(), extensions=(), skip=la
                     continue
                 lm = m["last_modified"]
                 mtime_ns = int(lm.timestamp() * 1_000_000) * 1000  # microseconds, as the table stores them
-                yield FileEntry(rel, f"s3://{bucket}/{key}", int(m["size"]), mtime_ns)
+                etag = m.get("e_tag")
+                yield FileEntry(
+                    rel, f"s3://{bucket}/{key}", int(m["size"]), mtime_ns, etag.strip('"') if etag else None
+                )
     except OctbatchError:
         raise
     except Exception as exc:  # noqa: BLE001 - obstore's errors are mapped to user errors
@@ -219,12 +224,12 @@ def read_object(url: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
     from .decode.base import DecodeError
 
     with _lock:
-        got = _fetched.pop(url, None)
-    if got is None:
-        try:
-            got = _get(url)
-        except Exception as exc:  # noqa: BLE001
-            got = exc
+        fut = _fetched.pop(url, None)
+    got: bytes | BaseException
+    try:
+        got = fut.result() if fut is not None else _get(url)  # waits for this object only
+    except Exception as exc:  # noqa: BLE001 - becomes the file's error row
+        got = exc
     if isinstance(got, BaseException):
         import obstore.exceptions as oe
 
@@ -241,26 +246,22 @@ def read_object(url: str, *, max_bytes: int = 512 * 1024 * 1024) -> bytes:
 
 
 def fetch_then(fn: Callable, urls: list[str]):
-    """Fetch every object of a batch at once (FETCH_THREADS in flight), then call fn(urls); fn's
-    reads (read_bytes -> read_object) find the bytes already here."""
+    """Start fetching every object of a batch (FETCH_THREADS in flight, in the batch's order) and call
+    fn(urls) at once: each of fn's reads (read_bytes -> read_object) waits for its own object only,
+    so decoding the first objects overlaps fetching the rest (before: the whole batch was fetched,
+    then decoded). At most one batch of objects is held in memory per worker."""
     global _pool
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="octbatch-s3")
         pool = _pool
-
-    def one(url: str) -> None:
-        try:
-            data: bytes | BaseException = _get(url)
-        except Exception as exc:  # noqa: BLE001 - becomes the file's error row in read_object
-            data = exc
-        with _lock:
-            _fetched[url] = data
-
-    list(pool.map(one, urls))
+        for u in urls:
+            _fetched[u] = pool.submit(_get, u)
     try:
         return fn(urls)
     finally:
         with _lock:
             for u in urls:
-                _fetched.pop(u, None)  # not read (e.g. filtered by the decoder): do not keep it
+                left = _fetched.pop(u, None)  # not read (e.g. filtered by the decoder): do not keep it
+                if left is not None:
+                    left.cancel()

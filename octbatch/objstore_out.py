@@ -8,6 +8,9 @@ Object stores have no rename, so the local protocol (temp file + rename) becomes
                                                 put (If-None-Match) so that the first attempt to finish wins;
                                                 a later attempt deletes its own part
   <out>.parts/run.json                         the settings every part was made with (as on disk)
+  <out>.parts/phi.key                          the random per-table pseudonym key (created once: conditional put)
+  <out>.parts/slice-<i>-of-<N>.json            the manifest of a finished `--slice i/N`: written when the
+                                                slice's parts are all committed; `octbatch merge` needs all N
   <out>                                        the table: written whole to a local temp file, then one PUT
 
 Readers (the next run, the merge) trust only committed parts: a part with no commit is an attempt
@@ -18,9 +21,11 @@ The driver stages the run in a local folder (the previous table, run.json and th
 are fetched there) so that the same resume/incremental/merge code as on disk runs unchanged; only
 the actors' parts go straight to the bucket. After the merge the table is put, then the merged
 commits are deleted (commit first, then its part: a part never loses its commit while trusted).
-Two runs on the same s3:// --out from one machine are kept apart by the flock on the local stage;
-from different machines nothing keeps them apart (there is no flock on a bucket): the commit
-protocol still gives each shard one committed part, but do not schedule them to overlap.
+Slices (`--slice i/N` with an s3:// --out) each stage in a folder of their own, commit their parts
+and their slice manifest to the bucket and publish no table; `octbatch merge s3://...` stages the
+committed parts and the manifests, merges them as on disk and publishes the table in one PUT.
+Runs, slices and merges of one s3:// --out, from any machines, are kept apart by lock objects in
+the bucket (`<out>.lock/`, octbatch/objstore_lock.py), taken before the stage.
 """
 
 from __future__ import annotations
@@ -59,15 +64,19 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=COMPRESSION, write_statistics=True)
     name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
+    statuses = set(table.column("status").to_pylist())
+    failed = statuses == {"failed"}  # written by the driver for a shard that failed every attempt
     try:
         obstore.put(store, prefix + name, buf.getvalue())
-        commit = json.dumps({"part": name, "rows": table.num_rows, "shard": shard_id}).encode()
+        commit = json.dumps({"part": name, "rows": table.num_rows, "shard": shard_id, "failed": failed}).encode()
+        key = f"{prefix}commit-{shard_id}.json"
         try:
-            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit, mode="create")
+            obstore.put(store, key, commit, mode="create")
         except oe.AlreadyExistsError:
-            obstore.delete(store, prefix + name)  # another attempt of this shard committed first
+            if failed or not _replace_failed(store, prefix, key, commit):
+                obstore.delete(store, prefix + name)  # another attempt of this shard committed first
         except oe.NotSupportedError:
-            obstore.put(store, f"{prefix}commit-{shard_id}.json", commit)  # no conditional put: last wins, same rows
+            obstore.put(store, key, commit)  # no conditional put: last wins, same rows
     except OctbatchError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -78,18 +87,48 @@ def write_part_object(table, parts_url: str, shard_id: str) -> str:
     return f"s3://{bucket}/{prefix}{name}"
 
 
+def _is_slice_manifest(name: str) -> bool:
+    return name.startswith("slice-") and name.endswith(".json") and "/" not in name
+
+
+def _replace_failed(store, prefix: str, key: str, commit: bytes) -> bool:
+    """The shard's commit names a `failed` part (a slice gave up on it; this is the rerun that
+    retries it): put ours in its place, conditional on its ETag, and delete the failed part. As on
+    disk, where the rerun's part file replaces the failed one. False: the commit is a real one."""
+    import obstore
+    import obstore.exceptions as oe
+
+    got = obstore.get(store, key)
+    etag = got.meta.get("e_tag")
+    old = json.loads(bytes(got.bytes()))
+    if not old.get("failed"):
+        return False
+    try:
+        obstore.put(store, key, commit, mode={"e_tag": etag} if etag else "overwrite")
+    except oe.PreconditionError:
+        return False  # another attempt replaced it first
+    try:
+        obstore.delete(store, prefix + old["part"])
+    except Exception:  # noqa: BLE001 - an orphan part is deleted by the next merge
+        pass
+    return True
+
+
 class RemoteOut:
     """The driver's side: stage a run of an s3:// --out in a local folder, publish the table at the end."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, slice_: tuple[int, int] | None = None):
         self.url = url
         self.bucket, self.key = _split_key(url)
         self.parts_url = f"s3://{self.bucket}/{self.key}.parts"
         self.parts_prefix = self.key + ".parts/"
-        digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+        self.slice = slice_
+        # A stage per slice: two slices of one job on one machine never share (or wipe) a stage.
+        tag = url + (f"#slice-{slice_[0]}-of-{slice_[1]}" if slice_ else "")
+        digest = hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
         self.stage_dir = os.path.join(tempfile.gettempdir(), f"octbatch-{os.getuid()}-{digest}")
         self.local_out = os.path.join(self.stage_dir, os.path.basename(self.key) or "results.parquet")
-        self._merged: list[tuple[str, str]] = []  # (commit key, part key) pulled so far
+        self._merged: dict[str, tuple[str | None, str]] = {}  # commit key -> (its ETag, part key) pulled so far
 
     def _store(self):
         return _store(self.bucket)
@@ -117,6 +156,24 @@ class RemoteOut:
                 f"cannot {what} {self.url}: {_brief(exc)}", "Check the URL, AWS_ENDPOINT_URL and the network."
             ) from None
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` unless it exists (a conditional put, If-None-Match); True if this call
+        created it. A store without conditional puts gets a plain put (True)."""
+        import obstore
+        import obstore.exceptions as oe
+
+        def put() -> bool:
+            try:
+                obstore.put(self._store(), key, data, mode="create")
+                return True
+            except oe.AlreadyExistsError:
+                return False
+            except oe.NotSupportedError:
+                obstore.put(self._store(), key, data)
+                return True
+
+        return self._call("write", put)
+
     def stage(self, overwrite: bool) -> str:
         """Fetch the previous table, run.json and the committed parts; returns the local out path."""
         import obstore
@@ -128,7 +185,7 @@ class RemoteOut:
             os.unlink(os.path.join(parts_dir, name))  # the bucket is the truth, not a previous stage
         if os.path.exists(self.local_out):
             os.unlink(self.local_out)
-        if overwrite:
+        if overwrite and self.slice is None:
             self._delete_prefix()
             return self.local_out
 
@@ -147,26 +204,39 @@ class RemoteOut:
         if self._call("read", fetch, self.parts_prefix + "phi.key", os.path.join(parts_dir, "phi.key")):
             os.chmod(os.path.join(parts_dir, "phi.key"), 0o600)
         self.pull_parts()
+        for key in self._call("list", self._list):
+            name = key[len(self.parts_prefix) :]
+            if _is_slice_manifest(name):
+                self._call("read", fetch, key, os.path.join(parts_dir, name))
         return self.local_out
 
     def _list(self):
+        return self._list_under(self.parts_prefix)
+
+    def _list_under(self, prefix: str) -> list[str]:
+        return [path for path, _ in self._list_meta(prefix)]
+
+    def _list_meta(self, prefix: str) -> list[tuple[str, str | None]]:
+        """(key, ETag) of every object under prefix."""
         import obstore
 
-        out: list[str] = []
-        for chunk in obstore.list(self._store(), self.parts_prefix, chunk_size=1000):
-            out.extend(m["path"] for m in chunk)
+        out: list[tuple[str, str | None]] = []
+        for chunk in obstore.list(self._store(), prefix, chunk_size=1000):
+            out.extend((m["path"], m.get("e_tag")) for m in chunk)
         return out
 
     def pull_parts(self) -> int:
-        """Fetch every committed part not fetched yet into the stage's parts folder."""
+        """Fetch every committed part not fetched yet (or whose commit changed: a failed part
+        replaced by a retry) into the stage's parts folder."""
         import obstore
 
-        keys = self._call("list", self._list)
-        have = {c for c, _ in self._merged}
+        listed = self._call("list", self._list_meta, self.parts_prefix)
         n = 0
-        for key in keys:
+        for key, etag in listed:
             name = key[len(self.parts_prefix) :]
-            if not (name.startswith("commit-") and name.endswith(".json")) or key in have:
+            if not (name.startswith("commit-") and name.endswith(".json")):
+                continue
+            if key in self._merged and self._merged[key][0] == etag:
                 continue
             commit = self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))
             part_key = self.parts_prefix + commit["part"]
@@ -176,20 +246,43 @@ class RemoteOut:
             with open(dest + ".tmp-dl", "wb") as f:
                 f.write(data)
             os.replace(dest + ".tmp-dl", dest)
-            self._merged.append((key, part_key))
+            self._merged[key] = (etag, part_key)
             n += 1
         return n
 
-    def save_settings(self) -> None:
+    def save_settings(self) -> bool:
+        """Put run.json, and the per-table pseudonym key if this run made it. The key is put with a
+        conditional put: when another slice put its own first, that one is fetched over ours and
+        True is returned (the caller must load the key again)."""
         import obstore
 
         with open(os.path.join(self.local_out + ".parts", "run.json"), "rb") as f:
             data = f.read()
         self._call("write", obstore.put, self._store(), self.parts_prefix + "run.json", data)
         key_file = os.path.join(self.local_out + ".parts", "phi.key")
-        if os.path.exists(key_file):  # a random per-table key: the next run into this table must find it
-            with open(key_file, "rb") as f:
-                self._call("write", obstore.put, self._store(), self.parts_prefix + "phi.key", f.read())
+        if not os.path.exists(key_file):
+            return False
+        with open(key_file, "rb") as f:  # a random per-table key: the next run into this table must find it
+            mine = f.read()
+        key = self.parts_prefix + "phi.key"
+        if self.put_if_absent(key, mine):
+            return False
+        theirs = self._call("read", lambda: bytes(obstore.get(self._store(), key).bytes()))
+        if theirs == mine:
+            return False
+        with open(key_file + ".tmp-dl", "wb") as f:
+            f.write(theirs)
+        os.chmod(key_file + ".tmp-dl", 0o600)
+        os.replace(key_file + ".tmp-dl", key_file)
+        return True
+
+    def save_slice_manifest(self, i: int, n: int, local_path: str) -> None:
+        """A finished slice's manifest (written by workdir.WorkDir locally) goes to the bucket, last."""
+        import obstore
+
+        with open(local_path, "rb") as f:
+            data = f.read()
+        self._call("write", obstore.put, self._store(), f"{self.parts_prefix}slice-{i}-of-{n}.json", data)
 
     def publish(self) -> None:
         """The table in one PUT; then the merged commits go (each before its part), and every part
@@ -198,7 +291,7 @@ class RemoteOut:
 
         with open(self.local_out, "rb") as f:
             self._call("write", obstore.put, self._store(), self.key, f)
-        for commit_key, part_key in self._merged:
+        for commit_key, (_, part_key) in self._merged.items():
             self._call("clean up", obstore.delete, self._store(), commit_key)
             self._call("clean up", obstore.delete, self._store(), part_key)
         self._merged.clear()
@@ -212,8 +305,9 @@ class RemoteOut:
                     + self._call("read", lambda k=key: json.loads(bytes(obstore.get(self._store(), k).bytes())))["part"]
                 )
         for key in keys:
-            if key[len(self.parts_prefix) :].startswith("part-") and key not in named:
-                self._call("clean up", obstore.delete, self._store(), key)
+            name = key[len(self.parts_prefix) :]
+            if (name.startswith("part-") and key not in named) or _is_slice_manifest(name):
+                self._call("clean up", obstore.delete, self._store(), key)  # slices: in the table now
 
     def _delete_prefix(self) -> None:
         import obstore

@@ -44,6 +44,12 @@ class _Target:
     archive: str  # absolute path or s3:// URL
     out: str  # the local output file (an s3:// --out is staged here)
     remote: Any = None  # objstore_out.RemoteOut for an s3:// --out
+    lock: Any = None  # objstore_lock.S3Lock held on that --out
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def parts_dir(self) -> str:
@@ -53,25 +59,27 @@ class _Target:
 def _locate(cfg: RunConfig) -> _Target:
     archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
     configure_storage(dict(cfg.storage_options))
-    remote = None  # an s3:// --out: staged in a local folder, parts and table in the bucket
-    if is_url(cfg.out):
-        if cfg.slice is not None:
-            raise OctbatchError(
-                "--shard with an s3:// --out is not supported yet",
-                "Run the slices with a shared-file-system --out, or run once without --shard.",
-            )
+    if is_url(cfg.out):  # staged in a local folder; parts, commits, locks and the table in the bucket
+        from .objstore_lock import S3Lock
         from .objstore_out import RemoteOut
 
-        remote = RemoteOut(cfg.out)
-        out = remote.stage(cfg.overwrite)
-    elif "://" in cfg.out:
+        remote = RemoteOut(cfg.out, cfg.slice)
+        lock = S3Lock(remote, cfg.slice)
+        lock.acquire()  # before the stage: what it reads must not change under it
+        try:
+            out = remote.stage(cfg.overwrite)
+            _check_paths(archive, out)
+        except BaseException:
+            lock.release()
+            raise
+        return _Target(archive, out, remote, lock)
+    if "://" in cfg.out:
         raise OctbatchError(
             f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path."
         )
-    else:
-        out = os.path.abspath(cfg.out)
+    out = os.path.abspath(cfg.out)
     _check_paths(archive, out)
-    return _Target(archive, out, remote)
+    return _Target(archive, out)
 
 
 def _check_paths(archive: str, out: str) -> None:
@@ -167,10 +175,10 @@ def _open_workdir(cfg: RunConfig, target: _Target, state: dict):
     md = check_previous_table(out, state) if use_previous else {}
     wd.write_settings(state)
     pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
+    if target.remote and target.remote.save_settings():  # another slice put the table's key first: use it
+        pseudo = resolve_pseudonymizer(cfg.phi, key_file=cfg.phi_key_file, work_dir=wd.path)
     if use_previous:
         check_phi(md, pseudo, out)
-    if target.remote:
-        target.remote.save_settings()
     return use_previous, pseudo
 
 
@@ -301,9 +309,11 @@ def _used(sums: list, what: str) -> str:
 
 
 # --- commit -------------------------------------------------------------------------------------
-def _finish_slice(cfg: RunConfig, wd: WorkDir, s: RunSummary, settings: dict) -> None:
-    """A --slice run commits its parts only; `octbatch merge` assembles the slices."""
+def _finish_slice(cfg: RunConfig, target: _Target, s: RunSummary, settings: dict) -> None:
+    """A --slice run commits its parts only; `octbatch merge` assembles the slices. With an s3://
+    --out the slice's manifest goes to the bucket (its parts are there already)."""
     assert cfg.slice is not None
+    wd = WorkDir(target.out)
     marker = {
         "slice": cfg.slice_text,
         "files": s.processed,
@@ -313,6 +323,9 @@ def _finish_slice(cfg: RunConfig, wd: WorkDir, s: RunSummary, settings: dict) ->
         "settings": settings,
     }
     wd.write_slice_marker(*cfg.slice, marker, s.run_id)
+    if target.remote:
+        target.remote.save_slice_manifest(*cfg.slice, wd.slice_marker(*cfg.slice))
+        s.out = target.remote.url
 
 
 def commit(
@@ -344,6 +357,14 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     target = _locate(cfg)
+    try:
+        return _run(cfg, target, rep, executor, t_start)
+    finally:
+        target.close()
+
+
+def _run(cfg: RunConfig, target: _Target, rep: Reporter, executor: Executor | None, t_start: float) -> RunSummary:
+    """run() once the output is located (and an s3:// --out locked and staged)."""
     rr = resolve(cfg)
     run_id = uuid.uuid4().hex[:16]
     s = RunSummary(
@@ -387,10 +408,11 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
             target.remote.pull_parts()  # the parts the workers committed to the bucket, for the merge below
         rep.finish()
         _tally(s, todo, result, rr, seconds)
-        if result.failures:
-            _write_failed_parts(result.failures, wcfg, rr.model, wd.path)
+        if result.failures:  # a slice into s3:// commits them to the bucket; a full run merges them from here
+            failed_dir = target.parts_dir if target.remote and cfg.slice is not None else wd.path
+            _write_failed_parts(result.failures, wcfg, rr.model, failed_dir)
         if cfg.slice is not None:
-            _finish_slice(cfg, wd, s, state["settings"])
+            _finish_slice(cfg, target, s, state["settings"])
         else:
             extra = {"run_id": run_id, "phi": pseudo.metadata(), "gate": gate_desc}
             commit(target, todo, use_previous, s, extra, rr, rep, volumes)

@@ -71,6 +71,7 @@ def make_schema(classes: Sequence[str], metadata: dict | None = None) -> pa.Sche
         pa.field("oct_score", pa.float32()),
         pa.field("gate_reason", pa.string()),
         *PROVENANCE_FIELDS,  # frame + DICOM provenance (octbatch.frames)
+        pa.field("etag", pa.string()),  # an S3 object's ETag (part of its version); null for files on disk
     ]
     md = {META_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
     return pa.schema(fields, metadata=md)
@@ -97,6 +98,7 @@ class ShardRows:
                 "processed_at",
                 "oct_score",
                 "gate_reason",
+                "etag",
             )
         }
         self.probs: list[np.ndarray] = []
@@ -113,6 +115,7 @@ class ShardRows:
             c["path"].append(e.path)
             c["bytes"].append(e.size)
             c["mtime"].append(e.mtime_ns // 1000)
+            c["etag"].append(e.etag)
             label, patient, image_no = e.names()
             c["label"].append(label)
             c["patient_id"].append(patient)
@@ -179,6 +182,7 @@ def rows_to_table(
             "processed_at": pa.array(rows.cols["processed_at"], pa.timestamp("us", tz="UTC")),
             "oct_score": pa.array(rows.cols["oct_score"], pa.float32()),
             "gate_reason": pa.array(rows.cols["gate_reason"], pa.string()),
+            "etag": pa.array(rows.cols["etag"], pa.string()),
         }
     )
     prov: list = list(zip(*rows.provenance)) if n else [[] for _ in PROVENANCE_FIELDS]
@@ -308,13 +312,17 @@ def schema_from_metadata(
 def row_keys(path: str, with_status: bool = True) -> Iterator[tuple[int, str | None]]:
     """(row key, status) for every row of a results/part file, read column-wise in batches."""
     pf = pq.ParquetFile(path)
-    has_frame = "frame" in pf.schema_arrow.names  # tables of octbatch < frames have none
+    names = pf.schema_arrow.names
+    has_frame = "frame" in names  # tables of octbatch < frames have none
+    has_etag = "etag" in names  # nor of octbatch < S3 ETags
     cols = ["path", "bytes", "mtime"] + (["status"] if with_status else []) + (["frame"] if has_frame else [])
+    cols += ["etag"] if has_etag else []
     for batch in pf.iter_batches(batch_size=65536, columns=cols):
         paths = batch.column(0).to_pylist()
         sizes = batch.column(1).to_pylist()
         mtimes = batch.column(2).cast(pa.int64()).to_pylist()
         stats = batch.column(3).to_pylist() if with_status else [None] * len(paths)
         frames = batch.column("frame").to_pylist() if has_frame else [None] * len(paths)
-        for p, s, m, st, fr in zip(paths, sizes, mtimes, stats, frames, strict=True):
-            yield row_key(p, fr, s, m), st
+        etags = batch.column("etag").to_pylist() if has_etag else [None] * len(paths)
+        for p, s, m, st, fr, et in zip(paths, sizes, mtimes, stats, frames, etags, strict=True):
+            yield row_key(p, fr, s, m, et), st

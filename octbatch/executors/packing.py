@@ -26,8 +26,9 @@ def pack_shard(shard: Shard) -> tuple:
     odd = {i: e.abspath for i, e in enumerate(entries) if e.abspath != root + e.path}
     cols: tuple = (paths, [e.size for e in entries], [e.mtime_ns for e in entries], odd)
     frames = {i: e for i, e in enumerate(entries) if hasattr(e, "frame")}  # frames of volumes travel whole
-    if frames:
-        cols = (*cols, frames)
+    etags = {i: e.etag for i, e in enumerate(entries) if e.etag is not None}  # S3 objects' ETags
+    if frames or etags:
+        cols = (*cols, frames, etags)
     return shard.id, root, zlib.compress(pickle.dumps(cols, protocol=5), 1)
 
 
@@ -38,8 +39,9 @@ def unpack_shard(packed: tuple) -> Shard:
     shard_id, root, blob = packed
     paths, sizes, mtimes, odd, *more = pickle.loads(zlib.decompress(blob))
     frames = more[0] if more else {}
+    etags = more[1] if len(more) > 1 else {}
     entries = [
-        frames.get(i) or FileEntry(p, odd.get(i) or root + p, sz, mt)
+        frames.get(i) or FileEntry(p, odd.get(i) or root + p, sz, mt, etags.get(i))
         for i, (p, sz, mt) in enumerate(zip(paths, sizes, mtimes))
     ]
     return Shard(shard_id, entries)

@@ -23,6 +23,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    pid: int = 0  # the server's process (benchmarks read its CPU time)
 
     def env(self, **extra) -> dict:
         """The standard AWS variables that point any S3 client at this server."""
@@ -99,7 +100,7 @@ def moto_server(*, auth: bool = False, timeout: float = 60):
                 ),
             )
             key, secret = k["AccessKeyId"], k["SecretAccessKey"]
-        yield S3Server(url, key, secret)
+        yield S3Server(url, key, secret, proc.pid)
     finally:
         proc.terminate()
         try:

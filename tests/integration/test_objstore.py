@@ -30,10 +30,6 @@ def test_urls_and_storage_options_parse():
     "extra, message",
     [
         (
-            ["--out", "s3://bucket/r.parquet", "--shard", "0/2"],
-            "Error: --shard with an s3:// --out is not supported yet",
-        ),
-        (
             ["--out", "ftp://host/r.parquet"],
             "Error: --out ftp://host/r.parquet: only s3:// URLs and file paths are supported",
         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -350,3 +351,209 @@ def test_local_archive_to_s3_out(s3, bucket, local_archive, local_rows, tiny_mod
     )
     assert code == 1 and err.startswith("Error: bucket of s3://no-such-bucket/r.parquet does not exist"), err
     assert "Traceback" not in err
+
+
+def wait_for_commits(s3, proc, prefix: str, n: int, timeout: float = 240) -> int:
+    """Wait until the run has committed n parts under prefix; returns how many it had."""
+    deadline = time.time() + timeout
+    commits = 0
+    while time.time() < deadline and proc.poll() is None:
+        commits = sum("/commit-" in k for k in bucket_keys(s3, "scans", prefix))
+        if commits >= n:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[1][-2000:]
+    return commits
+
+
+def test_slices_into_s3_out_killed_rerun_merged_exactly_once(s3, bucket, local_archive, local_rows, tiny_model):
+    """Two --slice runs into one s3:// --out, one SIGKILLed mid-run and rerun; merge trusts only the
+    committed manifests: every object has exactly one row, the same as the local table."""
+    out = "s3://scans/results/sliced.parquet"
+    base = ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    code, summary, err = octbatch(base + ["--slice", "0/2"], env_for(s3))
+    assert code in (0, 3), err
+    assert summary["merged"] is False and summary["out"] == out
+    first = summary["processed"]
+    assert "results/sliced.parquet.parts/slice-0-of-2.json" in bucket_keys(s3, "scans", "results/sliced")
+
+    code, _, err = octbatch(["merge", out], env_for(s3))  # slice 1 has not run: refused
+    assert code == 1 and "Error: slice(s) 1/2 of 2 have not finished" in err, err
+
+    proc = subprocess.Popen(
+        OCTBATCH + base + ["--slice", "1/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3)
+    )
+    before = sum("/commit-" in k for k in bucket_keys(s3, "scans", "results/sliced"))
+    wait_for_commits(s3, proc, "results/sliced", before + 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    keys = bucket_keys(s3, "scans", "results/sliced")
+    assert "results/sliced.parquet" not in keys and "results/sliced.parquet.parts/slice-1-of-2.json" not in keys
+    # A part whose attempt died before its commit: never trusted, removed by the merge.
+    s3.client().put_object(
+        Bucket="scans", Key="results/sliced.parquet.parts/part-00000000000000000000-deadbeef0000.parquet", Body=b"x"
+    )
+
+    code, summary, err = octbatch(base + ["--slice", "1/2"], env_for(s3))  # the rerun: resumes the slice
+    assert code in (0, 3), err
+    n = len(objects_of(local_archive))
+    assert summary["skipped"] >= first + 2 * SHARD  # slice 0's rows and slice 1's committed parts
+    assert summary["skipped"] + summary["processed"] == n
+
+    code, summary, err = octbatch(["merge", out, "--json"], env_for(s3))
+    assert code == 0, err
+    assert summary["out"] == out and summary["rows"] == n
+    assert_same_rows(table_in_bucket(s3, "scans", "results/sliced.parquet"), local_rows)
+    assert bucket_keys(s3, "scans", "results/sliced") == [
+        "results/sliced.parquet",
+        "results/sliced.parquet.parts/phi.key",
+        "results/sliced.parquet.parts/run.json",
+    ]
+
+
+def test_incremental_keys_on_etag_not_on_the_second(s3, bucket, local_archive, tiny_model, tmp_path):
+    """An object overwritten with other bytes of the same size within the same LastModified second is
+    reclassified (its ETag changed); the same bytes put again later are not (same ETag)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    c = s3.client()
+    scans = [p for p in objects_of(local_archive).values() if p.suffix == ".jpeg" and p.stat().st_size > 5000][:6]
+    for p in scans:
+        c.put_object(Bucket="scans", Key="etag/CNV/" + p.name, Body=p.read_bytes())
+    out = tmp_path / "etag.parquet"
+    args = ["run", "s3://scans/etag", "--out", out, "--model", tiny_model, "--json", "-q"]
+    try:
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code == 0 and summary["processed"] == 6, err
+        target, body = scans[0].name, bytearray(scans[0].read_bytes())
+        assert rows_by_path(out)["CNV/" + target]["etag"] == c.head_object(Bucket="scans", Key="etag/CNV/" + target)[
+            "ETag"
+        ].strip('"')
+        mid = len(body) // 2
+        body[mid : mid + 64] = bytes(b ^ 0x5A for b in body[mid : mid + 64])  # other bytes, same size
+        c.put_object(Bucket="scans", Key="etag/CNV/" + target, Body=bytes(body))
+        head = c.head_object(Bucket="scans", Key="etag/CNV/" + target)
+        # As if the first put had happened in the same second: the table's mtime is the new LastModified.
+        t = pq.read_table(out)
+        lm = int(head["LastModified"].astimezone(dt.UTC).timestamp() * 1_000_000)
+        mt = [
+            lm if p == "CNV/" + target else m
+            for p, m in zip(t.column("path").to_pylist(), t.column("mtime").cast(pa.int64()).to_pylist())
+        ]
+        t = t.set_column(
+            t.schema.get_field_index("mtime"),
+            t.schema.field("mtime"),
+            pa.array(mt, pa.int64()).cast(t.schema.field("mtime").type),
+        )
+        pq.write_table(t, out)
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code in (0, 3) and summary["processed"] == 1 and summary["rows"] == 6, err
+        assert rows_by_path(out)["CNV/" + target]["etag"] == head["ETag"].strip('"')
+
+        c.put_object(Bucket="scans", Key="etag/CNV/" + target, Body=bytes(body))  # same bytes, later: same ETag
+        code, summary, err = octbatch(args, env_for(s3))
+        assert code in (0, 3) and summary["processed"] == 0 and summary["skipped"] == 6, err
+    finally:
+        for p in scans:
+            c.delete_object(Bucket="scans", Key="etag/CNV/" + p.name)
+
+
+def lock_keys(s3, key: str) -> list[str]:
+    return bucket_keys(s3, "scans", key + ".lock/")
+
+
+def test_s3_out_lock_keeps_a_second_run_out_and_stale_locks_are_taken_over(s3, bucket, local_archive, tiny_model):
+    out = "s3://scans/results/locked.parquet"
+    args = ["run", bucket, "--out", out, "--model", tiny_model, "--shard-size", str(SHARD), "--json", "-q"]
+    proc = subprocess.Popen(OCTBATCH + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(s3))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not lock_keys(s3, "results/locked.parquet"):
+        time.sleep(0.05)
+    assert lock_keys(s3, "results/locked.parquet") == ["results/locked.parquet.lock/run.json"]
+    t0 = time.time()
+    code, _, err = octbatch(args, env_for(s3))  # a second run into the same table: refused, nothing written
+    assert code == 1, err
+    assert err.startswith(
+        f"Error: another octbatch run is writing {out} (pid {proc.pid} on {os.uname().nodename}, run, last heartbeat"
+    ), err
+    assert "Wait for it to finish, or give a different --out." in err and "Traceback" not in err
+    code, _, err = octbatch(args + ["--slice", "0/2"], env_for(s3))  # nor a slice beside it
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid {proc.pid}"), err
+    code, _, err = octbatch(["merge", out], env_for(s3))  # nor a merge
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid {proc.pid}"), err
+    assert time.time() - t0 < 60
+
+    # The owner is killed: the rerun on this machine takes its lock over at once (its pid is gone).
+    wait_for_commits(s3, proc, "results/locked", 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert lock_keys(s3, "results/locked.parquet")  # a dead run's lock stays behind
+    code, summary, err = octbatch(args, env_for(s3))
+    assert code == 3, err
+    assert (
+        f"octbatch: warning: taking over the lock results/locked.parquet.lock/run.json of {out} held by pid "
+        f"{proc.pid} on {os.uname().nodename}: its process {proc.pid} on this machine is gone" in err
+    ), err
+    n = len(objects_of(local_archive))
+    assert summary["rows"] == n and summary["skipped"] >= 2 * SHARD
+    assert len(table_in_bucket(s3, "scans", "results/locked.parquet")) == n
+    assert lock_keys(s3, "results/locked.parquet") == []  # released at the end
+
+    # A lock of a run on another machine: alive while its heartbeat is fresh, stale after the timeout.
+    lock = "results/locked.parquet.lock/run.json"
+    body = {"token": "x", "pid": 4242, "host": "other-node", "what": "run", "started_at": 0}
+    s3.client().put_object(Bucket="scans", Key=lock, Body=json.dumps(body | {"heartbeat_at": time.time()}).encode())
+    code, _, err = octbatch(args, env_for(s3))
+    assert code == 1 and err.startswith(f"Error: another octbatch run is writing {out} (pid 4242 on other-node"), err
+    s3.client().put_object(
+        Bucket="scans", Key=lock, Body=json.dumps(body | {"heartbeat_at": time.time() - 1000}).encode()
+    )
+    code, summary, err = octbatch(args, env_for(s3))
+    assert code == 0 and summary["processed"] == 0 and summary["rows"] == n, err
+    assert re.search(
+        r"held by pid 4242 on other-node: no heartbeat for 100\d s \(over OCTBATCH_S3_LOCK_STALE_S=300\)", err
+    )
+    assert lock_keys(s3, "results/locked.parquet") == []
+
+
+def test_a_slice_s_failed_shard_is_replaced_by_its_retry_then_merged_once(
+    s3, bucket, local_archive, local_rows, tiny_model, monkeypatch
+):
+    """A shard that fails every attempt in a slice gets `failed` rows committed to the bucket; the rerun
+    of the slice retries it and its part replaces the failed one; the merge has each object once, ok."""
+    import octbatch.objstore as objstore
+    from octbatch import RunConfig, merge, run
+    from octbatch.executors.local import LocalExecutor
+    from octbatch.plan import Selection, keyed_entries
+    from octbatch.shards import make_shards
+    from tests.helpers.faulty_workers import FailShard
+
+    for k, v in env_for(s3).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    objstore._stores.clear()
+    out = "s3://scans/results/retried.parquet"
+    try:
+        entries = [e for e, _ in keyed_entries(Selection(bucket), "/none", lambda pid: None)]
+        bad = list(make_shards(entries, SHARD))[1]
+        cfg = RunConfig(archive=bucket, out=out, model=tiny_model, shard_size=SHARD, slice="0/1", max_shard_retries=0)
+        s = run(cfg, executor=LocalExecutor(max_shard_retries=0, worker_factory=FailShard(bad.id)))
+        assert s.failed_files == len(bad) and not s.merged
+        commit = f"results/retried.parquet.parts/commit-{bad.id}.json"
+        body = s3.client().get_object(Bucket="scans", Key=commit)["Body"].read()
+        assert json.loads(body)["failed"] is True
+
+        s = run(cfg)  # the rerun retries exactly the failed shard's files
+        assert s.failed_files == 0 and s.processed == len(bad)
+        assert json.loads(s3.client().get_object(Bucket="scans", Key=commit)["Body"].read())["failed"] is False
+
+        s = merge(out)
+        assert s.rows == len(local_rows) and s.out == out
+        rows = table_in_bucket(s3, "scans", "results/retried.parquet")
+        assert not [p for p, r in rows.items() if r["status"] == "failed"]
+        assert_same_rows(rows, local_rows)
+        assert [k for k in bucket_keys(s3, "scans", "results/retried") if "/part-" in k or "/commit-" in k] == []
+    finally:
+        objstore._stores.clear()
