@@ -219,4 +219,3 @@ def _merge_remote(url: str, archive: str | None, rep: Reporter, allow_missing: b
         remote.publish()
     s.out = url
     return s
-
