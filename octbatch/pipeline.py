@@ -348,7 +348,10 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
         executor=rr.executor,
         slice=cfg.slice_text,
         decoder=rr.decoder,
+        auto=list(rr.reasons),
     )
+    for reason in rr.reasons:
+        rep.log(reason)  # -v: what each `auto` picked and why
     gate_settings, gate_desc = _resolve_gate(cfg)
     s.gate = cfg.gate
     state = _state(cfg, rr, target.archive, gate_desc)
