@@ -73,7 +73,11 @@ def choose_backend(f: Facts, *, engine: bool = False, building: bool = False) ->
 
 
 def installed(module: str) -> bool:
-    """True when `module` can be found (not imported: find_spec of the top package, then the module)."""
+    """True when `module` is imported already or can be found (find_spec: found, not imported)."""
+    import sys
+
+    if sys.modules.get(module) is not None:
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package missing or broken
