@@ -180,3 +180,33 @@ def test_cuda_decoder_matches_its_cpu_twin(bad_archive):
     assert np.abs(a.images[ok].astype(np.int16) - b.images[ok].astype(np.int16)).mean() <= MEAN_DIFF_TOL
     assert dev.ptr is not None and dev.device_rows == list(np.flatnonzero(b.ok))
     dev.release()
+
+
+def test_worker_device_path_matches_the_host_path(bad_archive, tmp_path, monkeypatch):
+    """The worker's GPU branch (nvjpeg's device batch -> TorchRunner.infer_device by pointer), run on
+    the CPU twin: every row must equal the host path's row."""
+    import octbatch.worker as worker
+    from octbatch.backends.torch_backend import TorchRunner
+
+    root, _ = bad_archive
+    common = ["--model", SHIPPED_MODEL, "--decoder", "nvjpeg", "--backend", "torch", "-b", 16, "-q"]
+    host = tmp_path / "host.parquet"
+    assert invoke("run", root, "--out", host, *common).exit_code == 3
+    calls = []
+    real = TorchRunner.infer_device
+
+    def counting(self, ptr, n, stream=None):
+        calls.append(n)
+        return real(self, ptr, n, stream)
+
+    monkeypatch.setattr(TorchRunner, "infer_device", counting)
+    monkeypatch.setattr(worker, "use_device_path", lambda decoder, device, backend: decoder == "nvjpeg")
+    dev = tmp_path / "device.parquet"
+    assert invoke("run", root, "--out", dev, *common).exit_code == 3
+    assert len(calls) >= 2
+    rh, rd = _rows(host), _rows(dev)
+    assert rh.keys() == rd.keys()
+    for p in rh:
+        assert (rh[p]["status"], rh[p]["error"], rh[p]["pred"]) == (rd[p]["status"], rd[p]["error"], rd[p]["pred"]), p
+        if rh[p]["status"] == "ok":
+            assert abs(rh[p]["p_CNV"] - rd[p]["p_CNV"]) < 1e-5
