@@ -29,6 +29,7 @@ _VERSION_PACKAGES = (
     "tensorrt-lean-cu12",
     "ray",
     "torch",
+    "torchvision",
     "matplotlib",
     "psutil",
 )

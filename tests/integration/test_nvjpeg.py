@@ -210,3 +210,19 @@ def test_worker_device_path_matches_the_host_path(bad_archive, tmp_path, monkeyp
         assert (rh[p]["status"], rh[p]["error"], rh[p]["pred"]) == (rd[p]["status"], rd[p]["error"], rd[p]["pred"]), p
         if rh[p]["status"] == "ok":
             assert abs(rh[p]["p_CNV"] - rd[p]["p_CNV"]) < 1e-5
+
+
+@pytest.mark.slow
+def test_bench_measures_the_torch_path_twin(tmp_path):
+    from octbatch.bench import BenchConfig, run_bench
+
+    res = run_bench(
+        BenchConfig(out=str(tmp_path / "b"), synthetic=60, quick=True, torch_path=True, charts=False, baselines=())
+    )
+    rows = res["rows"]
+    dec = [r for r in rows if r["name"] == "decode" and r.get("decoder") == "nvjpeg"]
+    inf = [r for r in rows if r["name"] == "infer" and r.get("backend") == "torch" and r["kind"] == "stage"]
+    e2e = [r for r in rows if r["name"] == "octbatch run (nvjpeg+torch)"]
+    assert dec and all(r["device"] == "cpu" and r["median"] > 0 for r in dec)
+    assert inf and all(r["device"] == "cpu" and r["median"] > 0 for r in inf)
+    assert len(e2e) == 1 and e2e[0]["median"] > 0 and e2e[0]["detail"]["ok"] == 60
