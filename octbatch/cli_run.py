@@ -63,6 +63,13 @@ def _model_options(f):
     help="auto: tensorrt with --engine on a GPU, else torch when torch sees CUDA, else onnxruntime.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    envvar="OCTBATCH_PRECISION",
+    help="The torch backend's precision [default: fp16 on CUDA, fp32 on the CPU]; an engine's is fixed when built.",
+)
+@click.option(
     "--rebuild-on-mismatch", is_flag=True, help="Rebuild --engine when its fingerprint does not match this machine."
 )
 @click.option(

@@ -154,6 +154,9 @@ class RunConfig:
     engine: str | None = None  # --engine, $OCTBATCH_ENGINE: a built engine; its fingerprint is checked first
     backend: str = "auto"  # --backend, $OCTBATCH_BACKEND: auto | onnxruntime | tensorrt | torch (octbatch.choice)
     rebuild_on_mismatch: bool = False  # --rebuild-on-mismatch
+    precision: str | None = (
+        None  # --precision, $OCTBATCH_PRECISION: the torch backend's fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on the CPU
+    )
     classes: tuple[str, ...] | None = None  # --classes (models without metadata); None: the model's
     input_size: tuple[int, int] | None = None  # --input-size (H, W); None: the model's
     mean: tuple[float, ...] | None = None  # --mean on the 0..1 scale; None: the model's
@@ -224,6 +227,11 @@ class RunConfig:
             raise OctbatchError("--limit must not be negative", "Give a number of files, or leave it out.")
         if self.threads < 0:
             raise OctbatchError("--threads must not be negative", "Use 0 for all cores.")
+        if self.precision is not None and self.precision not in ("fp32", "fp16", "bf16"):
+            raise OctbatchError(
+                f"--precision {self.precision} is not one of fp32, fp16, bf16",
+                "Give the torch backend's precision; an engine's precision is fixed when it is built.",
+            )
         if self.gate not in ("flag", "reject", "off"):
             raise OctbatchError(f"unknown --gate mode {self.gate!r}", "Use flag, reject or off.")
         if self.gate_threshold is not None and not 0.0 <= self.gate_threshold <= 1.0:
@@ -302,6 +310,14 @@ def _auto_choices(cfg: RunConfig) -> tuple[str, str, tuple[str, ...]]:
     return decoder, backend, tuple(reasons)
 
 
+def _torch_default_precision() -> str:
+    """The torch backend's precision when --precision is not given: fp16 where torch sees CUDA."""
+    from .choice import probe
+
+    f = probe()
+    return "fp16" if f.cuda and f.torch_cuda else "fp32"
+
+
 def resolve(cfg: RunConfig) -> ResolvedRun:
     """Check --engine against this machine, open the model, and fix every `auto` of cfg."""
     from .model import load_model_info
@@ -314,10 +330,17 @@ def resolve(cfg: RunConfig) -> ResolvedRun:
 
         r = resolve_engine_for_run(cfg.engine, backend=backend, rebuild=cfg.rebuild_on_mismatch, model=cfg.model)
         backend, engine_path, precision, model_path = r.backend, r.engine_path, r.precision, r.model_path
+    elif backend == "torch":
+        precision = cfg.precision or _torch_default_precision()
     elif backend == "tensorrt":
         raise OctbatchError(
             "--backend tensorrt needs a built engine",
             "Run octbatch build-engine MODEL.onnx --backend tensorrt, then octbatch run --engine PATH.",
+        )
+    if cfg.precision and backend != "torch":
+        raise OctbatchError(
+            f"--precision {cfg.precision} applies to the torch backend, not {backend}",
+            "Drop --precision (an engine's precision is fixed by octbatch build-engine --precision), or use --backend torch.",
         )
     model = load_model_info(model_path, **overrides)
     return ResolvedRun(

@@ -117,3 +117,20 @@ def test_resolve_records_what_auto_picked_and_why(monkeypatch, tmp_path):
     )
     cfg = RunConfig(archive=str(tmp_path), out=str(tmp_path / "o.parquet"), decoder="cpu", backend="onnxruntime")
     assert _auto_choices(cfg) == ("cpu", "onnxruntime", ())
+
+
+def test_precision_is_for_the_torch_backend(monkeypatch, tmp_path):
+    from octbatch.config import RunConfig, resolve
+    from octbatch.errors import OctbatchError
+
+    kw = {"archive": str(tmp_path), "out": str(tmp_path / "o.parquet")}
+    with pytest.raises(OctbatchError) as err:
+        resolve(RunConfig(**kw, backend="onnxruntime", precision="fp16"))
+    assert err.value.what == "--precision fp16 applies to the torch backend, not onnxruntime"
+    with pytest.raises(OctbatchError, match=r"--precision int8 is not one of fp32, fp16, bf16"):
+        RunConfig(**kw, precision="int8")
+    monkeypatch.setattr(choice, "probe", lambda **k: GPU_TORCH)
+    assert resolve(RunConfig(**kw, backend="torch")).precision == "fp16"
+    assert resolve(RunConfig(**kw, backend="torch", precision="bf16")).precision == "bf16"
+    monkeypatch.setattr(choice, "probe", lambda **k: NO_GPU)
+    assert resolve(RunConfig(**kw, backend="torch")).precision == "fp32"
