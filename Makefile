@@ -8,8 +8,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-# The CPU build of torch is enough for the training tests; pinned so pip never pulls a newer CUDA build.
-TORCH  ?= torch==2.13.0
+# torch + torchvision for the training tests and the torch/nvjpeg path's CPU tests (issue 14). Pinned
+# as a pair: torchvision 0.29.1 is built against torch 2.14.1 (PyPI's torchvision does not import beside
+# the local torch 2.13.0+cpu wheel). Measured install and suite times: benchmarks/BENCHMARKS.md.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 SHARED_DATA ?= ../shared/data/oct2017
 DEMO_OUT ?= demo-out
 
@@ -26,7 +28,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test,dali,cluster,bench,report,dicom,s3]' '$(TORCH)'
+	$(PIP) install -q -e '.[test,dali,cluster,bench,report,dicom,s3]' $(TORCH)
 	touch $@
 
 # The HTML report's extra (matplotlib, jinja2), for `make demo`.

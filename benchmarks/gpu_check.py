@@ -21,6 +21,10 @@ Checks (each only when its pieces are present):
                  inference-only img/s (the inference ceiling)
   torch_cuda     the shipped model's architecture (octbatch.train.build_model, random weights: speed does
                  not depend on them) in fp16 on the GPU, and nvJPEG decode via torchvision when present
+  torch_path     octbatch's own nvjpeg decoder + torch backend (benchmarks/gpu_check_torch.py): parity
+                 with the CPU decoder and ONNX Runtime, decode-only and inference-only img/s, and
+                 `octbatch run --decoder nvjpeg --backend torch` end to end with GPU utilisation and
+                 peak GPU memory, against the same target and ceiling rule
   end_to_end     `octbatch run` on the archive with the GPU path (DALI mixed, and TensorRT when built),
                  against the 10,000 scans/s target and 85% of min(decode, inference) ceilings
 """
@@ -401,6 +405,20 @@ def check_torch_cuda(archive: str, model: str) -> dict:
     return record("torch_cuda", "ok", **out)
 
 
+def check_torch_path(archive: str, model: str, tmp: Path, device: str) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check_torch import check_torch_path as run_check
+
+    helpers = {
+        "record": record,
+        "require_good": require_good,
+        "paths_of": paths_of,
+        "octbatch_run": _octbatch_run,
+        "target": TARGET_SCANS_PER_S,
+    }
+    return run_check(archive, model, tmp, device=device, h=helpers)
+
+
 def _octbatch_run(archive: str, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "octbatch", "run", archive, "--out", str(out), "--overwrite", "--json", "-q", *extra]
@@ -497,6 +515,10 @@ def summary_line(name: str, c: dict) -> str:
             f"fp16 infer {c.get('infer_fp16_img_per_s_b256', '-'):,} img/s (b256), {c.get('infer_fp16_img_per_s_b1024', '-'):,} (b1024); "
             f"nvJPEG decode {c.get('nvjpeg_torchvision_decode_img_per_s', c.get('nvjpeg_torchvision_decode'))}"
         )
+    if name == "torch_path":
+        from gpu_check_torch import summary_line as torch_line
+
+        return torch_line(c)
     if name == "end_to_end":
         s = "; ".join(
             f"{k} {v['ok']:,}/{v['files']:,} ok, {v['files_per_s']:,} good files/s" for k, v in c["runs"].items()
@@ -537,6 +559,12 @@ def main() -> int:
         help="cpu: run the DALI check on DALI's CPU twin (tries this script without a GPU)",
     )
     ap.add_argument(
+        "--torch-device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="cpu: run the torch_path check on the nvjpeg/torch CPU twins (tries this script without a GPU)",
+    )
+    ap.add_argument(
         "--budget-s", type=float, default=540.0, help="overall time budget: checks past it are skipped or interrupted"
     )
     a = ap.parse_args()
@@ -553,6 +581,7 @@ def main() -> int:
         attempt("dali_mixed", lambda: check_dali_mixed(archive, model, a.dali_device))
         attempt("tensorrt", lambda: check_tensorrt(archive, model, tmp))
         attempt("torch_cuda", lambda: check_torch_cuda(archive, model))
+        attempt("torch_path", lambda: check_torch_path(archive, model, tmp, a.torch_device))
         attempt("end_to_end", lambda: check_end_to_end(archive, model, tmp))
     finally:
         results["seconds"] = round(time.perf_counter() - T0, 1)

@@ -31,6 +31,18 @@ _HINTS: dict[str, tuple[str, str, str]] = {
         "pip install 'octbatch[train]'  (CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
         "",
     ),
+    "torchvision": (
+        "torch",
+        "pip install 'octbatch[torch]'  (the torchvision built for your torch; CUDA builds: "
+        "--index-url https://download.pytorch.org/whl/cu126, cu128 or cu130)",
+        "",
+    ),
+    "torchvision.io": (
+        "torch",
+        "pip install 'octbatch[torch]'  (the torchvision built for your torch; CUDA builds: "
+        "--index-url https://download.pytorch.org/whl/cu126, cu128 or cu130)",
+        "",
+    ),
     "onnx": ("train", "pip install onnx", ""),
     "cuda": ("tensorrt", "pip install cuda-python", ""),
     "jinja2": ("report", "pip install 'octbatch[report]'", ""),

@@ -56,17 +56,28 @@ def _model_options(f):
     help="A built engine (octbatch build-engine); its fingerprint is checked first.",
 )
 @click.option(
-    "--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", envvar="OCTBATCH_BACKEND"
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]),
+    default="auto",
+    envvar="OCTBATCH_BACKEND",
+    help="auto: tensorrt with --engine on a GPU, else torch when torch sees CUDA, else onnxruntime.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    envvar="OCTBATCH_PRECISION",
+    help="The torch backend's precision [default: fp16 on CUDA, fp32 on the CPU]; an engine's is fixed when built.",
 )
 @click.option(
     "--rebuild-on-mismatch", is_flag=True, help="Rebuild --engine when its fingerprint does not match this machine."
 )
 @click.option(
     "--decoder",
-    type=click.Choice(["auto", "cpu", "pillow", "dali"]),
+    type=click.Choice(["auto", "cpu", "pillow", "dali", "nvjpeg"]),
     default="auto",
     envvar="OCTBATCH_DECODER",
-    help="auto: DALI on a GPU, else the fastest CPU decoder measured (simplejpeg).",
+    help="auto: DALI on a GPU, else nvjpeg (torchvision) when torch sees CUDA, else the fastest CPU decoder measured (simplejpeg).",
 )
 @click.option("--batch-size", "-b", type=int, default=64, envvar="OCTBATCH_BATCH_SIZE")
 @click.option(
@@ -241,6 +252,7 @@ def _print_summary(s) -> None:
         f"{s.skipped} already done"
         + (f", {s.dropped_deleted} deleted file row(s) dropped" if s.dropped_deleted else ""),
         f"octbatch: {s.files_per_second:,.0f} files/s, {s.seconds:.1f} s total, backend {s.backend}, decoder {s.decoder}",
+        *(f"octbatch: {reason}" for reason in s.auto),
     ]
     if s.suspect or s.not_oct:
         what = (

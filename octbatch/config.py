@@ -152,13 +152,16 @@ class RunConfig:
     out: str  # --out, $OCTBATCH_OUT: the Parquet table (a path or s3://)
     model: str | None = None  # --model, $OCTBATCH_MODEL; None: the shipped default model
     engine: str | None = None  # --engine, $OCTBATCH_ENGINE: a built engine; its fingerprint is checked first
-    backend: str = "auto"  # --backend, $OCTBATCH_BACKEND: auto | onnxruntime | tensorrt
+    backend: str = "auto"  # --backend, $OCTBATCH_BACKEND: auto | onnxruntime | tensorrt | torch (octbatch.choice)
     rebuild_on_mismatch: bool = False  # --rebuild-on-mismatch
+    precision: str | None = (
+        None  # --precision, $OCTBATCH_PRECISION: the torch backend's fp32 | fp16 | bf16; None: fp16 on CUDA, fp32 on the CPU
+    )
     classes: tuple[str, ...] | None = None  # --classes (models without metadata); None: the model's
     input_size: tuple[int, int] | None = None  # --input-size (H, W); None: the model's
     mean: tuple[float, ...] | None = None  # --mean on the 0..1 scale; None: the model's
     std: tuple[float, ...] | None = None  # --std on the 0..1 scale; None: the model's
-    decoder: str = "auto"  # --decoder, $OCTBATCH_DECODER: auto (DALI on a GPU, else cpu) | cpu | pillow | dali
+    decoder: str = "auto"  # --decoder, $OCTBATCH_DECODER: auto (octbatch.choice) | cpu | pillow | dali | nvjpeg
     batch_size: int = 64  # --batch-size, $OCTBATCH_BATCH_SIZE
     threads: int = 0  # --threads, $OCTBATCH_THREADS; 0: every core of this machine
     limit: int | None = None  # --limit: only the first N files in discovery order
@@ -224,6 +227,11 @@ class RunConfig:
             raise OctbatchError("--limit must not be negative", "Give a number of files, or leave it out.")
         if self.threads < 0:
             raise OctbatchError("--threads must not be negative", "Use 0 for all cores.")
+        if self.precision is not None and self.precision not in ("fp32", "fp16", "bf16"):
+            raise OctbatchError(
+                f"--precision {self.precision} is not one of fp32, fp16, bf16",
+                "Give the torch backend's precision; an engine's precision is fixed when it is built.",
+            )
         if self.gate not in ("flag", "reject", "off"):
             raise OctbatchError(f"unknown --gate mode {self.gate!r}", "Use flag, reject or off.")
         if self.gate_threshold is not None and not 0.0 <= self.gate_threshold <= 1.0:
@@ -258,13 +266,14 @@ class ResolvedRun:
     """The concrete choices for one run of a RunConfig (what `resolve` found)."""
 
     executor: str  # local | ray
-    decoder: str  # cpu | pillow | dali
-    backend: str  # onnxruntime | tensorrt
+    decoder: str  # cpu | pillow | dali | nvjpeg
+    backend: str  # onnxruntime | tensorrt | torch
     threads: int  # decode and inference threads per worker
     model: ModelInfo  # the opened model, overrides applied
     model_overrides: dict[str, str]  # for workers that open the model again
     engine_path: str | None = None  # the checked engine (--engine)
     precision: str | None = None  # the engine's precision; None: the model's own
+    reasons: tuple[str, ...] = ()  # what each `auto` picked and why ("decoder auto: picked cpu (...)")
 
 
 def resolve_executor(cfg: RunConfig) -> str:
@@ -275,12 +284,38 @@ def resolve_executor(cfg: RunConfig) -> str:
 
 
 def resolve_decoder(choice: str) -> str:
-    """--decoder auto: DALI when a GPU and DALI are there, else the CPU decoder."""
+    """--decoder auto: what octbatch.choice.choose_decoder picks for this machine."""
     if choice == "auto":
-        from .decode.dali import gpu_available
+        from .choice import choose_decoder, probe
 
-        return "dali" if gpu_available() else "cpu"
+        return choose_decoder(probe()).name
     return choice
+
+
+def _auto_choices(cfg: RunConfig) -> tuple[str, str, tuple[str, ...]]:
+    """(decoder, backend, reasons) with every `auto` of cfg's --decoder and --backend (no --engine) fixed."""
+    decoder, backend, reasons = cfg.decoder, cfg.backend, []
+    if decoder == "auto" or (backend == "auto" and not cfg.engine):
+        from .choice import choose_backend, choose_decoder, probe
+
+        facts = probe()
+        if decoder == "auto":
+            d = choose_decoder(facts)
+            decoder = d.name
+            reasons.append(d.describe("decoder"))
+        if backend == "auto" and not cfg.engine:
+            b = choose_backend(facts, engine=False)
+            backend = b.name
+            reasons.append(b.describe("backend"))
+    return decoder, backend, tuple(reasons)
+
+
+def _torch_default_precision() -> str:
+    """The torch backend's precision when --precision is not given: fp16 where torch sees CUDA."""
+    from .choice import probe
+
+    f = probe()
+    return "fp16" if f.cuda and f.torch_cuda else "fp32"
 
 
 def resolve(cfg: RunConfig) -> ResolvedRun:
@@ -288,29 +323,36 @@ def resolve(cfg: RunConfig) -> ResolvedRun:
     from .model import load_model_info
 
     overrides = cfg.model_overrides
-    backend, engine_path, precision, model_path = cfg.backend, None, None, cfg.model
+    decoder, backend, reasons = _auto_choices(cfg)
+    engine_path, precision, model_path = None, None, cfg.model
     if cfg.engine:
         from .engines import resolve_engine_for_run
 
         r = resolve_engine_for_run(cfg.engine, backend=backend, rebuild=cfg.rebuild_on_mismatch, model=cfg.model)
         backend, engine_path, precision, model_path = r.backend, r.engine_path, r.precision, r.model_path
-    elif backend == "auto":
-        backend = "onnxruntime"
+    elif backend == "torch":
+        precision = cfg.precision or _torch_default_precision()
     elif backend == "tensorrt":
         raise OctbatchError(
             "--backend tensorrt needs a built engine",
             "Run octbatch build-engine MODEL.onnx --backend tensorrt, then octbatch run --engine PATH.",
         )
+    if cfg.precision and backend != "torch":
+        raise OctbatchError(
+            f"--precision {cfg.precision} applies to the torch backend, not {backend}",
+            "Drop --precision (an engine's precision is fixed by octbatch build-engine --precision), or use --backend torch.",
+        )
     model = load_model_info(model_path, **overrides)
     return ResolvedRun(
         executor=resolve_executor(cfg),
-        decoder=resolve_decoder(cfg.decoder),
+        decoder=decoder,
         backend=backend,
         threads=cfg.threads or default_threads(),
         model=model,
         model_overrides=overrides,
         engine_path=engine_path,
         precision=precision,
+        reasons=reasons,
     )
 
 

@@ -20,8 +20,9 @@ __all__ = ["use_device_path", "infer_device_batch", "verify_preprocessing"]
 
 
 def use_device_path(decoder: str, device: str, backend: str) -> bool:
-    """The one rule for when the worker skips the host copy."""
-    return decoder == "dali" and device == "gpu" and backend == "tensorrt"
+    """The one rule for when the worker skips the host copy: a GPU decoder (DALI or nvjpeg) that
+    decoded on the GPU, and a backend that reads a device pointer (TensorRT or torch)."""
+    return decoder in ("dali", "nvjpeg") and device == "gpu" and backend in ("tensorrt", "torch")
 
 
 def infer_device_batch(runner, batch, spec: Preprocessing, host_input: np.ndarray, n_classes: int):

@@ -37,6 +37,7 @@ _VERSION_PACKAGES = (
     "tensorrt-lean-cu12",
     "ray",
     "torch",
+    "torchvision",
     "matplotlib",
     "psutil",
 )

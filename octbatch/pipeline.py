@@ -378,7 +378,10 @@ def _run(cfg: RunConfig, target: _Target, rep: Reporter, executor: Executor | No
         slice=cfg.slice_text,
         decoder=rr.decoder,
         gate=cfg.gate,
+        auto=list(rr.reasons),
     )
+    for reason in rr.reasons:
+        rep.log(reason)  # -v: what each `auto` picked and why
     gate_settings, gate_desc = _resolve_gate(cfg)
     state = _state(cfg, rr, target.archive, gate_desc)
     volumes = (cfg.volumes, _volume_rule(cfg, rr)) if cfg.volumes else None  # refused before any work

@@ -32,6 +32,7 @@ class RunSummary:
     backend: str = ""
     precision: str = ""
     decoder: str = ""
+    auto: list = field(default_factory=list)  # what each `auto` (--decoder, --backend) picked and why
     model: str = ""
     model_sha256: str = ""
     executor: str = "local"

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from ..errors import OctbatchError
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "PRECISIONS", "PRECISION_CHOICES", "make_runner"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CHOICES",
+    "RUNNERS",
+    "RUNNER_CHOICES",
+    "PRECISIONS",
+    "PRECISION_CHOICES",
+    "make_runner",
+]
 
 BACKENDS = ("onnxruntime", "tensorrt")
 BACKEND_CHOICES = ("auto", *BACKENDS)
+RUNNERS = (*BACKENDS, "torch")
+RUNNER_CHOICES = ("auto", *RUNNERS)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 PRECISION_CHOICES = (*PRECISIONS, "best")
 
@@ -31,4 +41,8 @@ def make_runner(backend: str, model, *, threads: int = 0, engine_path: str | Non
                 "Build one with octbatch build-engine MODEL.onnx --backend tensorrt, then pass --engine PATH.",
             )
         return TensorRTRunner(model, engine_path=engine_path, precision=precision)
-    raise OctbatchError(f"unknown backend {backend!r}", f"Use one of {', '.join(BACKENDS)}.")
+    if backend == "torch":
+        from .torch_backend import TorchRunner
+
+        return TorchRunner(model, threads=threads, precision=precision)
+    raise OctbatchError(f"unknown backend {backend!r}", f"Use one of {', '.join(RUNNERS)}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["BASELINES", "BenchConfig", "quick_overrides"]
+__all__ = ["BASELINES", "BenchConfig", "quick_overrides", "with_torch_path"]
 
 BASELINES = ("naive", "dataloader", "ray_data")
 
@@ -32,6 +32,10 @@ class BenchConfig:
     scale_dir: str | None = None
     charts: bool = True
     quick: bool = False
+    # the torch GPU path (issue 14): nvjpeg decode-only, torch inference-only and an end-to-end
+    # `octbatch run (nvjpeg+torch)` row; on the GPU when torch sees CUDA, else their CPU twins.
+    # None: when torch and torchvision are installed (and not --quick).
+    torch_path: bool | None = None
     # experiments: {"patches": {name: "split:D,I"}} adds `octbatch run (name)` rows (decode/inference thread split)
     extra: dict = field(default_factory=dict)
 
@@ -55,4 +59,20 @@ def quick_overrides(cfg: BenchConfig) -> BenchConfig:
         baselines=tuple(b for b in cfg.baselines if b == "naive"),
         scale=cfg.scale or (1000,),
         scale_e2e_max=0,
+        torch_path=bool(cfg.torch_path),
     )
+
+
+def with_torch_path(cfg: BenchConfig) -> BenchConfig:
+    """cfg with the nvjpeg decoder and the torch backend added when its torch_path is on (None: when
+    torch and torchvision can be found; nothing is imported to find out)."""
+    on = cfg.torch_path
+    if on is None:
+        from ..choice import installed
+
+        on = installed("torch") and installed("torchvision")
+    if not on:
+        return replace(cfg, torch_path=False)
+    decoders = cfg.decoders if "nvjpeg" in cfg.decoders else (*cfg.decoders, "nvjpeg")
+    backends = cfg.backends if "torch" in cfg.backends else (*cfg.backends, "torch")
+    return replace(cfg, torch_path=True, decoders=decoders, backends=backends)

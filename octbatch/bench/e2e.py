@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .children import spawn
 from .config import BenchConfig
@@ -52,7 +53,12 @@ def e2e_rows(cfg: BenchConfig, archive: Path, ctx: dict, threads: int, log, tmp:
         "threads": threads,
     }
     timeout = 600
-    plan = [("e2e", f"octbatch run ({ex})", {"method": "octbatch", "executor": ex}) for ex in cfg.executors]
+    plan: list[tuple[str, str, dict[str, Any]]] = [
+        ("e2e", f"octbatch run ({ex})", {"method": "octbatch", "executor": ex}) for ex in cfg.executors
+    ]
+    if cfg.torch_path:  # the torch GPU path (its CPU twin without CUDA): --decoder nvjpeg --backend torch
+        torch_run = {"method": "octbatch", "executor": "local", "decoder": "nvjpeg", "run_kw": {"backend": "torch"}}
+        plan.append(("e2e", "octbatch run (nvjpeg+torch)", torch_run))
     for name, patch in cfg.extra.get("patches", {}).items():
         plan.append(
             ("experiment", f"octbatch run ({name})", {"method": "octbatch", "executor": "local", "patch": patch})

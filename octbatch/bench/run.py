@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..machine import library_versions, machine_facts
 from .archives import prepare_archive
-from .config import BenchConfig, quick_overrides
+from .config import BenchConfig, quick_overrides, with_torch_path
 from .derive import derive
 from .e2e import e2e_rows
 from .scale import scale_rows
@@ -40,6 +40,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None) -> 
         )
         log(f"archive: {archive_note}")
         cfg, model = _load_model(cfg, ctx)
+        cfg = with_torch_path(cfg)
         ctx["model_path"] = model.path
         rows = stage_rows(cfg, archive, model, ctx, threads, log)
         rows += e2e_rows(cfg, archive, ctx, threads, log, work)

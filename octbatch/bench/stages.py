@@ -100,14 +100,27 @@ def _decode_rows(cfg: BenchConfig, model, ctx: dict, threads: int, good, common:
         for t in sorted({1, threads}):
             log(f"stage: decode {name} x{t}")
             try:
-                dec = make_decoder(name, spec, threads=t)
+                # nvjpeg on the GPU when torch sees one, else its CPU twin (the row's `device` says which)
+                dec = make_decoder(name, spec, threads=t, device="auto" if name == "nvjpeg" else "cpu")
             except OctbatchError as exc:
                 rows.append(row("stage", "decode", None, "img/s", ctx, decoder=name, threads=t, skipped=str(exc)))
                 continue
             try:
                 rate = _decode_rate(dec, batches, cfg.timing)
+                dev = getattr(dec, "device", "cpu")
                 rows.append(
-                    row("stage", "decode", rate, "img/s", ctx, decoder=name, threads=t, batch_size=bs, **common)
+                    row(
+                        "stage",
+                        "decode",
+                        rate,
+                        "img/s",
+                        ctx,
+                        decoder=name,
+                        device=dev,
+                        threads=t,
+                        batch_size=bs,
+                        **common,
+                    )
                 )
             finally:
                 dec.close()
@@ -141,6 +154,8 @@ def _infer_rows(cfg: BenchConfig, model, ctx: dict, threads: int, good, common: 
             try:
                 rate = _infer_rate(runner, u8, model.preprocessing, cfg.timing)
                 extra = dict(backend=backend, precision=runner.precision, batch_size=b, threads=threads)
+                if backend == "torch":
+                    extra["device"] = runner.device  # cuda, or cpu: the CPU twin
                 rows.append(row("stage", "infer", rate, "img/s", ctx, **extra, **common))
             finally:
                 runner.close()

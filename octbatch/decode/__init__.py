@@ -16,7 +16,7 @@ __all__ = [
     "DECODERS",
 ]
 
-DECODERS = ("auto", "cpu", "pillow", "dali")
+DECODERS = ("auto", "cpu", "pillow", "dali", "nvjpeg")
 
 
 def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_000, device: str = "cpu") -> Decoder:
@@ -24,14 +24,11 @@ def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_
     from ..errors import OctbatchError
 
     if name == "auto":
-        # DALI with the GPU's hardware decoder when there is one, else the fastest CPU decoder measured.
-        from .dali_pipeline import gpu_available
+        # One meaning of auto (octbatch.choice): DALI on a GPU, else nvjpeg when torch sees CUDA, else cpu.
+        from ..choice import choose_decoder, probe
 
-        if gpu_available():
-            from .dali import DaliDecoder
-
-            return DaliDecoder(spec, threads=threads, max_pixels=max_pixels, device="gpu")
-        name = "cpu"
+        name = choose_decoder(probe()).name
+        device = "gpu" if name in ("dali", "nvjpeg") else device
     if name == "cpu":
         from .cpu import CpuDecoder
 
@@ -44,4 +41,8 @@ def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_
         from .dali import DaliDecoder
 
         return DaliDecoder(spec, threads=threads, max_pixels=max_pixels, device=device)
+    if name == "nvjpeg":
+        from .nvjpeg import NvjpegDecoder
+
+        return NvjpegDecoder(spec, threads=threads, max_pixels=max_pixels, device=device)
     raise OctbatchError(f"unknown decoder {name!r}", f"Use one of {', '.join(DECODERS)}.")

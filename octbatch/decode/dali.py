@@ -33,20 +33,15 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
-from ..preprocess import Preprocessing, crop_box
-from .base import DecodedBatch, DecodeError, DeviceBatch, per_file, read_bytes
+from ..preprocess import Preprocessing
+from .base import DecodedBatch, DeviceBatch, per_file
 from .dali_pipeline import DEVICES, build_pipeline, cuda_device_count, gpu_available
-from .sniff import JPEG_MAGIC, check_pixels, sniff_image
+from .triage import triage_file
 
 __all__ = ["DaliDecoder", "DeviceBatch", "build_pipeline", "gpu_available", "cuda_device_count", "DEVICES"]
-
-_EOI = b"\xff\xd9"
-# Bytes some writers leave after the EOI marker; anything else after EOI goes to the CPU decoder.
-_TRAILING_PAD = b"\x00\r\n\x1a "
 
 
 class _Slot:
@@ -162,28 +157,14 @@ class DaliDecoder:
         return outs[0]
 
     # -- triage --------------------------------------------------------------------------------
-    def _sniff(self, f: BinaryIO) -> None:
-        sniff_image(f, self.max_pixels)  # non-JPEG files go to decode_image: its sniffer for all
-
     def _triage_one(self, path: str) -> _Item:
-        """Read one file and decide where it is decoded; raises DecodeError for a file that is bad already."""
-        import simplejpeg
-
-        data = read_bytes(path, sniff=self._sniff)
-        if data[:3] != JPEG_MAGIC:
-            return _Item(data, None, None)  # PNG, TIFF, or not an image at all: the CPU decoder says which
-        try:
-            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError as exc:
-            raise DecodeError(f"corrupt JPEG header: {exc}") from None
-        check_pixels(w, h, self.max_pixels)
-        if colorspace.upper() in ("CMYK", "YCCK"):
-            return _Item(data, None, None)  # DALI's GRAY conversion of CMYK differs from Pillow's
-        if not data[-64:].rstrip(_TRAILING_PAD).endswith(_EOI):
-            return _Item(data, None, None)  # truncated (or extra data after EOI): the strict CPU decode decides
-        left, top, right, bottom = crop_box(w, h, self.spec)
+        """Read one file and decide where it is decoded (decode/triage.py); raises DecodeError for a bad one."""
+        t = triage_file(path, self.spec, self.max_pixels)
+        if t.box is None:
+            return _Item(t.data, None, None)
+        left, top, right, bottom = t.box
         roi = (np.array([top, left], np.float32), np.array([bottom, right], np.float32))
-        return _Item(data, roi, (w, h))
+        return _Item(t.data, roi, t.size)
 
     def _triage(self, paths: Sequence[str]):
         n = len(paths)

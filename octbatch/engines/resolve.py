@@ -36,22 +36,25 @@ def _stderr(msg: str) -> None:
 
 
 def pick_backend(backend: str, log: Log = _quiet) -> str:
-    from .._deps import is_available
+    """--backend auto for building an engine: octbatch.choice.choose_backend(building=True), the GPU
+    confirmed through TensorRT's own CUDA runtime (cuda-python)."""
+    from ..choice import Facts, choose_backend, installed
 
     if backend != "auto":
         return backend
-    if is_available("tensorrt"):
+    has_trt, cuda, detail = installed("tensorrt"), False, ""
+    if has_trt:
         try:
             from ..backends.tensorrt import cuda_facts
 
-            gpu = cuda_facts()["gpu"]
-            log(f"backend auto: picked tensorrt (TensorRT imports and GPU {gpu!r} is present)")
-            return "tensorrt"
+            detail = f"; GPU {cuda_facts()['gpu']!r}"
+            cuda = True
         except Exception as exc:  # noqa: BLE001 - any failure means: no usable GPU
-            log(f"backend auto: picked onnxruntime (TensorRT imports but no usable CUDA GPU: {str(exc)[:120]})")
-            return "onnxruntime"
-    log("backend auto: picked onnxruntime (TensorRT is not installed; CPU engine)")
-    return "onnxruntime"
+            detail = f"; TensorRT imports but no usable CUDA GPU: {str(exc)[:120]}"
+    c = choose_backend(Facts(cuda=cuda, tensorrt=has_trt), building=True)
+    reason = "TensorRT is not installed; CPU engine" if not has_trt else c.reason + detail
+    log(f"backend auto: picked {c.name} ({reason})")
+    return c.name
 
 
 @dataclass(frozen=True)

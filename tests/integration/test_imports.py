@@ -2,7 +2,19 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["onnxruntime", "torch", "ray", "nvidia.dali", "tensorrt", "cv2", "simplejpeg", "onnx", "obstore", "boto3"]
+HEAVY = [
+    "onnxruntime",
+    "torch",
+    "torchvision",
+    "ray",
+    "nvidia.dali",
+    "tensorrt",
+    "cv2",
+    "simplejpeg",
+    "onnx",
+    "obstore",
+    "boto3",
+]
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -69,3 +69,17 @@ def test_derive_ratios_and_efficiency():
     assert d["efficiency"] == pytest.approx(500 / 600) and d["ratios"] == {"naive": 2.0}
     assert d["experiments"] == {"octbatch run (x)": pytest.approx(1.1)}
     assert ctx_rows[3]["efficiency"] == pytest.approx(500 / 600)
+
+
+def test_with_torch_path_adds_nvjpeg_and_torch_when_installed(monkeypatch):
+    from octbatch import choice
+    from octbatch.bench.config import BenchConfig, with_torch_path
+
+    monkeypatch.setattr(choice, "installed", lambda m: m in ("torch", "torchvision"))
+    c = with_torch_path(BenchConfig(out="o"))
+    assert c.torch_path is True and c.decoders == ("cpu", "pillow", "nvjpeg") and c.backends == ("onnxruntime", "torch")
+    assert with_torch_path(c) == c  # added once
+    off = with_torch_path(BenchConfig(out="o", torch_path=False))
+    assert off.decoders == ("cpu", "pillow") and off.backends == ("onnxruntime",)
+    monkeypatch.setattr(choice, "installed", lambda m: m == "torch")  # no torchvision: no torch path
+    assert with_torch_path(BenchConfig(out="o")).torch_path is False
