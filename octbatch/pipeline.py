@@ -14,21 +14,19 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .config import ResolvedRun, RunConfig, resolve
-from .errors import ExitCode, OctbatchError
+from .errors import ExitCode
 from .merging import merge, merge_into
-from .objstore import configure as configure_storage
-from .objstore import is_url
 from .phi import resolve_pseudonymizer
 from .plan import Plan, Selection, plan
 from .progress import NullReporter, Reporter
 from .results import file_metadata, make_schema
 from .shards import make_shards
 from .summary import RunSummary
+from .target import Target, locate
 from .workdir import RunLock, WorkDir, check_phi, check_previous_table, check_same
 
 if TYPE_CHECKING:
@@ -36,88 +34,6 @@ if TYPE_CHECKING:
     from .worker import WorkerConfig
 
 __all__ = ["run", "merge", "RunSummary", "Reporter", "NullReporter"]
-
-
-# --- where: archive and output ------------------------------------------------------------------
-@dataclass
-class _Target:
-    archive: str  # absolute path or s3:// URL
-    out: str  # the local output file (an s3:// --out is staged here)
-    remote: Any = None  # objstore_out.RemoteOut for an s3:// --out
-    lock: Any = None  # objstore_lock.S3Lock held on that --out
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    @property
-    def parts_dir(self) -> str:
-        return self.remote.parts_url if self.remote else WorkDir(self.out).path
-
-
-def _locate(cfg: RunConfig) -> _Target:
-    archive = cfg.archive.rstrip("/") if is_url(cfg.archive) else os.path.abspath(cfg.archive)
-    configure_storage(dict(cfg.storage_options))
-    if is_url(cfg.out):  # staged in a local folder; parts, commits, locks and the table in the bucket
-        from .objstore_lock import S3Lock
-        from .objstore_out import RemoteOut
-
-        remote = RemoteOut(cfg.out, cfg.slice)
-        lock = S3Lock(remote, cfg.slice)
-        lock.acquire()  # before the stage: what it reads must not change under it
-        try:
-            out = remote.stage(cfg.overwrite)
-            _check_paths(archive, out)
-        except BaseException:
-            lock.release()
-            raise
-        return _Target(archive, out, remote, lock)
-    if "://" in cfg.out:
-        raise OctbatchError(
-            f"--out {cfg.out}: only s3:// URLs and file paths are supported", "Give s3://BUCKET/KEY.parquet or a path."
-        )
-    out = os.path.abspath(cfg.out)
-    _check_paths(archive, out)
-    return _Target(archive, out)
-
-
-def _check_paths(archive: str, out: str) -> None:
-    if is_url(archive):
-        _check_out(out)  # the archive is checked by listing it
-        return
-    if not os.path.exists(archive):
-        raise OctbatchError(f"archive {archive} does not exist", "Check the path you gave to octbatch run.")
-    if not os.path.isdir(archive):
-        raise OctbatchError(f"archive {archive} is not a directory", "Give the folder that holds the scans.")
-    if not os.access(archive, os.R_OK | os.X_OK):
-        raise OctbatchError(f"archive {archive} cannot be read (permission denied)", "Run as a user who can read it.")
-    if os.path.isdir(out):
-        raise OctbatchError(f"output {out} is a directory", "Give a file name, e.g. --out results.parquet.")
-    real_archive = os.path.realpath(archive)
-    real_out_dir = os.path.realpath(os.path.dirname(out))
-    if real_out_dir == real_archive or real_out_dir.startswith(real_archive + os.sep):
-        raise OctbatchError(
-            f"output {out} is inside the archive {archive}",
-            "Write results outside the archive (a later run would otherwise scan its own work files).",
-        )
-    _check_out(out)
-
-
-def _check_out(out: str) -> None:
-    if os.path.isdir(out):
-        raise OctbatchError(f"output {out} is a directory", "Give a file name, e.g. --out results.parquet.")
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise OctbatchError(
-            f"cannot create the output folder {parent}: {exc.strerror}", "Choose a writable --out location."
-        ) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OctbatchError(
-            f"output folder {parent} is not writable", "Choose a writable --out location or fix its permissions."
-        )
 
 
 # --- the settings a table is made with ----------------------------------------------------------
@@ -162,7 +78,7 @@ def _state(cfg: RunConfig, rr: ResolvedRun, archive: str, gate_desc: dict) -> di
     }
 
 
-def _open_workdir(cfg: RunConfig, target: _Target, state: dict):
+def _open_workdir(cfg: RunConfig, target: Target, state: dict):
     """Check the work folder and any previous table against `state`, record it; (use_previous, pseudo)."""
     out, wd = target.out, WorkDir(target.out)
     wd.clean_temps()
@@ -309,7 +225,7 @@ def _used(sums: list, what: str) -> str:
 
 
 # --- commit -------------------------------------------------------------------------------------
-def _finish_slice(cfg: RunConfig, target: _Target, s: RunSummary, settings: dict) -> None:
+def _finish_slice(cfg: RunConfig, target: Target, s: RunSummary, settings: dict) -> None:
     """A --slice run commits its parts only; `octbatch merge` assembles the slices. With an s3://
     --out the slice's manifest goes to the bucket (its parts are there already)."""
     assert cfg.slice is not None
@@ -329,7 +245,7 @@ def _finish_slice(cfg: RunConfig, target: _Target, s: RunSummary, settings: dict
 
 
 def commit(
-    target: _Target, p: Plan, use_previous: bool, s: RunSummary, extra: dict, rr: ResolvedRun, rep, volumes=None
+    target: Target, p: Plan, use_previous: bool, s: RunSummary, extra: dict, rr: ResolvedRun, rep, volumes=None
 ) -> None:
     """Merge the previous table and the parts into the output; then the volumes table (`volumes`:
     (path, VolumeRule)) and the upload."""
@@ -356,14 +272,14 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, executor: Executor 
     `executor`: run the shards on this Executor instead of the one cfg names."""
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
-    target = _locate(cfg)
+    target = locate(cfg)
     try:
         return _run(cfg, target, rep, executor, t_start)
     finally:
         target.close()
 
 
-def _run(cfg: RunConfig, target: _Target, rep: Reporter, executor: Executor | None, t_start: float) -> RunSummary:
+def _run(cfg: RunConfig, target: Target, rep: Reporter, executor: Executor | None, t_start: float) -> RunSummary:
     """run() once the output is located (and an s3:// --out locked and staged)."""
     rr = resolve(cfg)
     run_id = uuid.uuid4().hex[:16]
