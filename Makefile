@@ -51,9 +51,12 @@ demo: $(VENV)/.installed-report
 	[ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; \
 	$(BIN)/octbatch report $(DEMO_OUT)/results.parquet --html $(DEMO_OUT)/report.html --referrals $(DEMO_OUT)/referrals.csv
 
-# The one command: lint, types, then the tests (CI runs exactly this).
+# The one command: lint, types, then the tests (CI runs exactly this). The tests run on TEST_WORKERS
+# pytest-xdist processes, one test file per worker (--dist loadfile: a file's fixtures such as a Ray
+# cluster or the S3 server start once); on 2 cores this takes 174 s instead of 259 s.
+TEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install-test
 	$(BIN)/python -m ruff check $(LINT_PATHS)
