@@ -246,18 +246,9 @@ class RunConfig:
         return f"{self.slice[0]}/{self.slice[1]}" if self.slice else None
 
     @property
-    def model_overrides(self) -> dict[str, str]:
-        """The --classes/--input-size/--mean/--std given, in the string form load_model_info takes."""
-        d = {}
-        if self.classes:
-            d["classes"] = ",".join(self.classes)
-        if self.input_size:
-            d["input_size"] = f"{self.input_size[0]}x{self.input_size[1]}"
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value:
-                d[name] = ",".join(repr(v) for v in value)
-        return d
+    def model_overrides(self) -> dict[str, Any]:
+        """The --classes/--input-size/--mean/--std given (typed), as load_model_info's keywords."""
+        return {k: v for k in ("classes", "input_size", "mean", "std") if (v := getattr(self, k))}
 
 
 # --- resolve: defaults that depend on the machine, the model or an engine -----------------------
@@ -270,7 +261,7 @@ class ResolvedRun:
     backend: str  # onnxruntime | tensorrt | torch
     threads: int  # decode and inference threads per worker
     model: ModelInfo  # the opened model, overrides applied
-    model_overrides: dict[str, str]  # for workers that open the model again
+    model_overrides: dict[str, Any]  # for workers that open the model again
     engine_path: str | None = None  # the checked engine (--engine)
     precision: str | None = None  # the engine's precision; None: the model's own
     reasons: tuple[str, ...] = ()  # what each `auto` picked and why ("decoder auto: picked cpu (...)")

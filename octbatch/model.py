@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -80,21 +81,6 @@ def file_sha256(path: str | os.PathLike, _cache: dict = {}) -> str:  # noqa: B00
                 h.update(chunk)
         _cache[key] = h.hexdigest()
     return _cache[key]
-
-
-def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(x) for x in str(text).replace(" ", "").split(",") if x)
-    except ValueError:
-        raise OctbatchError(
-            f"{what} {text!r} is not a list of numbers",
-            f"Give {what} as comma-separated numbers, e.g. 0.2 or 0.485,0.456,0.406.",
-        ) from None
-    if not vals:
-        raise OctbatchError(f"{what} is empty", f"Give {what} as comma-separated numbers.")
-    return vals
 
 
 @dataclass(frozen=True)
@@ -179,7 +165,7 @@ def _input_shape(p: Path, m: OnnxMetadata) -> list:
     return shape
 
 
-def _declared_spec(p: Path, meta: dict, shape: list, input_size: str | None) -> Preprocessing:
+def _declared_spec(p: Path, meta: dict, shape: list, input_size: tuple[int, int] | None) -> Preprocessing:
     """The preprocessing the metadata declares, else what the input shape implies."""
     if META_PREPROC in meta:
         return Preprocessing.from_json(meta[META_PREPROC])
@@ -195,23 +181,18 @@ def _declared_spec(p: Path, meta: dict, shape: list, input_size: str | None) -> 
 
 
 def _with_overrides(
-    spec: Preprocessing, input_size: str | None, mean: str | None, std: str | None, resize: str | None
+    spec: Preprocessing,
+    input_size: tuple[int, int] | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    resize: str | None,
 ) -> Preprocessing:
     if input_size:
-        try:
-            parts = [int(x) for x in input_size.lower().replace("x", ",").split(",")]
-            hw = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        except ValueError:
-            raise OctbatchError(
-                f"--input-size {input_size!r} is not HxW", "Use e.g. --input-size 224 or 224x224."
-            ) from None
-        spec = replace(spec, input_size=hw)
-    m = _parse_floats(mean, "--mean")
-    s = _parse_floats(std, "--std")
-    if m:
-        spec = replace(spec, mean=m)
-    if s:
-        spec = replace(spec, std=s)
+        spec = replace(spec, input_size=input_size)
+    if mean:
+        spec = replace(spec, mean=mean)
+    if std:
+        spec = replace(spec, std=std)
     if resize:
         spec = replace(spec, resize=resize)
     return spec
@@ -249,9 +230,9 @@ def _refuse_unhonoured(p: Path, spec: Preprocessing) -> None:
         )
 
 
-def _class_names(p: Path, meta: dict, classes: str | None, outputs: list[OnnxTensor]) -> tuple[str, ...]:
+def _class_names(p: Path, meta: dict, classes: tuple[str, ...] | None, outputs: list[OnnxTensor]) -> tuple[str, ...]:
     if classes:
-        names = tuple(c.strip() for c in classes.split(",") if c.strip())
+        names = classes
     elif META_CLASSES in meta:
         try:
             names = tuple(json.loads(meta[META_CLASSES]))
@@ -276,13 +257,20 @@ def _class_names(p: Path, meta: dict, classes: str | None, outputs: list[OnnxTen
 def load_model_info(
     path: str | os.PathLike | None = None,
     *,
-    classes: str | None = None,
-    input_size: str | None = None,
-    mean: str | None = None,
-    std: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    input_size: tuple[int, int] | str | None = None,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | str | None = None,
     resize: str | None = None,
 ) -> ModelInfo:
-    """Open an ONNX model, read its octbatch metadata, apply overrides, and validate it can be run."""
+    """Open an ONNX model, read its octbatch metadata, apply overrides, and validate it can be run.
+    Overrides are typed (RunConfig's fields) or the CLI's strings, parsed by octbatch.config's parsers."""
+    from .config import parse_classes, parse_floats, parse_input_size
+
+    classes = parse_classes(classes) if isinstance(classes, str) else (tuple(classes) if classes else None)
+    input_size = parse_input_size(input_size) if isinstance(input_size, str) else input_size
+    mean = parse_floats(mean, "--mean") if isinstance(mean, str) else (tuple(mean) if mean else None)
+    std = parse_floats(std, "--std") if isinstance(std, str) else (tuple(std) if std else None)
     p = _model_path(path)
     m = _read(p)
     meta = m.metadata

@@ -80,7 +80,7 @@ def test_run_config_parses_the_string_forms_once():
     assert cfg.slice == (1, 3) and cfg.slice_text == "1/3"
     assert cfg.storage_options == (("region", "x"),)
     assert cfg.gpus_per_worker is None  # the former -1 sentinel means "not given"
-    assert cfg.model_overrides == {"classes": "A,B", "input_size": "64x32", "mean": "0.5", "std": "0.25,0.5"}
+    assert cfg.model_overrides == {"classes": ("A", "B"), "input_size": (64, 32), "mean": (0.5,), "std": (0.25, 0.5)}
     typed = RunConfig(archive="a", out="r.parquet", classes=("A", "B"), input_size=(64, 32), slice=(1, 3))
     assert typed.classes == cfg.classes and typed.input_size == cfg.input_size and typed.slice == cfg.slice
     assert RunConfig(archive="a", out="r", storage_options={"A": "b"}).storage_options == (("a", "b"),)
