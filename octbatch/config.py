@@ -274,15 +274,6 @@ def resolve_executor(cfg: RunConfig) -> str:
     return cfg.executor or "local"
 
 
-def resolve_decoder(choice: str) -> str:
-    """--decoder auto: what octbatch.choice.choose_decoder picks for this machine."""
-    if choice == "auto":
-        from .choice import choose_decoder, probe
-
-        return choose_decoder(probe()).name
-    return choice
-
-
 def _auto_choices(cfg: RunConfig) -> tuple[str, str, tuple[str, ...]]:
     """(decoder, backend, reasons) with every `auto` of cfg's --decoder and --backend (no --engine) fixed."""
     decoder, backend, reasons = cfg.decoder, cfg.backend, []
