@@ -54,7 +54,6 @@ def run(args: list[str], env: dict) -> dict:
 
 
 def bench_s3(a, tmp: Path) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
 
     from tests.helpers.s3_server import moto_server
 
@@ -62,15 +61,7 @@ def bench_s3(a, tmp: Path) -> dict:
     make_scans(src, a.scans)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     with moto_server() as srv:
-        c = srv.client()
-        c.create_bucket(Bucket="bench")
-        with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda p: c.put_object(Bucket="bench", Key=f"scans/{p.relative_to(src)}", Body=p.read_bytes()),
-                    files,
-                )
-            )
+        srv.upload_folder("bench", "scans/", src)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | srv.env()
         res = {"local": [], "s3": []}
         for rep in range(a.repeats):

@@ -62,7 +62,6 @@ def one_run(archive: str, out: Path, env: dict, server_pid: int) -> dict:
 
 
 def main() -> None:
-    from concurrent.futures import ThreadPoolExecutor
 
     from multinode_s3 import make_scans
 
@@ -88,15 +87,7 @@ def main() -> None:
         else:
             srv = stack.enter_context(moto_server())
             server_pid = srv.pid
-            c = srv.client()
-            c.create_bucket(Bucket="bench")
-            with ThreadPoolExecutor(8) as pool:
-                list(
-                    pool.map(
-                        lambda p: c.put_object(Bucket="bench", Key=f"scans/{p.relative_to(src)}", Body=p.read_bytes()),
-                        files,
-                    )
-                )
+            srv.upload_folder("bench", "scans/", src)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | srv.env()
         configs = {"local": (str(src), env), "s3": ("s3://bench/scans", env)}
         if a.baseline:

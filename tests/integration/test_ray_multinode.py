@@ -287,11 +287,8 @@ def test_archive_and_results_on_s3_through_both_nodes(archive, n_files, tiny_mod
         pytest.skip("needs obstore, moto[server] and boto3")
     import io
 
+    s3.upload_folder("mn-bucket", "scans/", archive)
     c = s3.client()
-    c.create_bucket(Bucket="mn-bucket")
-    for p in sorted(archive.rglob("*")):
-        if p.is_file():
-            c.put_object(Bucket="mn-bucket", Key=f"scans/{p.relative_to(archive)}", Body=p.read_bytes())
     env = driver_env(cluster) | s3.env()
     args = OCTBATCH + [
         "run",

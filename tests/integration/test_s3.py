@@ -80,17 +80,7 @@ def objects_of(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def bucket(s3, local_archive):
-    from concurrent.futures import ThreadPoolExecutor
-
-    c = s3.client()
-    c.create_bucket(Bucket="scans")
-    items = objects_of(local_archive)
-    with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(
-                lambda kv: c.put_object(Bucket="scans", Key="oct/" + kv[0], Body=kv[1].read_bytes()), items.items()
-            )
-        )
+    s3.upload_folder("scans", "oct/", local_archive)
     return "s3://scans/oct"
 
 
