@@ -13,7 +13,11 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["Facts", "Choice", "choose_decoder", "choose_backend", "probe", "installed"]
+__all__ = ["DECODER_CHOICES", "Facts", "Choice", "choose_decoder", "choose_backend", "probe", "installed"]
+
+# Every --decoder a user may give (backend names: octbatch.backends.registry). Here rather than in
+# octbatch.decode so the CLI can name them without importing the decoders (numpy).
+DECODER_CHOICES = ("auto", "cpu", "pillow", "dali", "nvjpeg")
 
 
 @dataclass(frozen=True)

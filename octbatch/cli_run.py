@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from .backends.registry import RUNNER_CHOICES
+from .choice import DECODER_CHOICES
 from .errors import ExitCode
 
 __all__ = ["run", "merge", "run_config", "register", "EXIT_CODES_HELP"]
@@ -57,7 +59,7 @@ def _model_options(f):
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]),
+    type=click.Choice(RUNNER_CHOICES),
     default="auto",
     envvar="OCTBATCH_BACKEND",
     help="auto: tensorrt with --engine on a GPU, else torch when torch sees CUDA, else onnxruntime.",
@@ -74,7 +76,7 @@ def _model_options(f):
 )
 @click.option(
     "--decoder",
-    type=click.Choice(["auto", "cpu", "pillow", "dali", "nvjpeg"]),
+    type=click.Choice(DECODER_CHOICES),
     default="auto",
     envvar="OCTBATCH_DECODER",
     help="auto: DALI on a GPU, else nvjpeg (torchvision) when torch sees CUDA, else the fastest CPU decoder measured (simplejpeg).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..choice import DECODER_CHOICES
 from .base import DecodedBatch, DecodeError, Decoder, DeviceBatch, DeviceDecoder, decoder_device, read_bytes
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
     "DECODERS",
 ]
 
-DECODERS = ("auto", "cpu", "pillow", "dali", "nvjpeg")
+DECODERS = DECODER_CHOICES
 
 
 def make_decoder(name: str, spec, *, threads: int = 2, max_pixels: int = 64_000_000, device: str = "cpu") -> Decoder:
