@@ -105,17 +105,11 @@ def parse_slice(text: str | None) -> tuple[int, int] | None:
 
 
 def parse_storage_options(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    """['key=value', ...] -> ((key, value), ...), keys lower-cased, for --storage-option."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OctbatchError(
-                f"--storage-option {item!r} is not key=value",
-                "Use e.g. --storage-option virtual_hosted_style_request=false.",
-            )
-        out[key.strip().lower()] = value.strip()
-    return tuple(out.items())
+    """['key=value', ...] -> ((key, value), ...), keys lower-cased, for --storage-option (as
+    octbatch.objstore.parse_options reads them; frozen here for RunConfig)."""
+    from .objstore import parse_options
+
+    return tuple(parse_options(list(items)).items())
 
 
 def parse_referral(items: Iterable[str]) -> tuple[str, ...]:

@@ -49,16 +49,12 @@ class VolumeRule:
         cls, classes: Sequence[str], *, referral: Sequence[str] = (), min_frames: int = 1, min_prob: float = 0.0
     ) -> VolumeRule:
         """Defaults for the classes it knows, overridden by CLASS=LEVEL items; every class must get a level."""
+        from .config import parse_referral
+
         levels = {c: DEFAULT_REFERRAL[c] for c in classes if c in DEFAULT_REFERRAL}
-        for item in referral:
-            for part in (p for p in str(item).split(",") if p):
-                name, sep, level = part.partition("=")
-                if not sep or level.strip() not in REFERRAL_LEVELS:
-                    raise OctbatchError(
-                        f"--referral {part!r} is not CLASS=LEVEL",
-                        f"Give e.g. --referral CNV=urgent; levels: {', '.join(REFERRAL_LEVELS)}.",
-                    )
-                levels[name.strip()] = level.strip()
+        for item in parse_referral(referral):  # checks each is CLASS=LEVEL
+            name, _, level = item.partition("=")
+            levels[name] = level
         missing = [c for c in classes if c not in levels]
         if missing:
             raise OctbatchError(
