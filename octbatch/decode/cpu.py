@@ -21,7 +21,7 @@ import numpy as np
 
 from ..preprocess import Preprocessing, crop_box, dct_min_size
 from .base import DecodedBatch, DecodeError, per_file, read_bytes
-from .sniff import JPEG_MAGIC, NOT_AN_IMAGE, check_pixels, sniff_image, sniff_pillow
+from .sniff import JPEG_MAGIC, NOT_AN_IMAGE, check_pixels, jpeg_header, sniff_image, sniff_pillow
 
 __all__ = ["CpuDecoder", "PillowDecoder", "decode_image", "decode_reference", "check_pixels"]
 
@@ -47,12 +47,8 @@ def _decode_jpeg_fast(data: bytes, spec: Preprocessing, max_pixels: int):
     """simplejpeg path; returns None when the JPEG needs Pillow (CMYK/YCCK colour spaces)."""
     import simplejpeg
 
-    try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
-        raise DecodeError(f"corrupt JPEG header: {exc}") from None
-    check_pixels(w, h, max_pixels)
-    if colorspace.upper() in ("CMYK", "YCCK"):
+    w, h, colorspace = jpeg_header(data, max_pixels)
+    if colorspace in ("CMYK", "YCCK"):
         return None
     mw, mh = dct_min_size(w, h, spec)
     try:

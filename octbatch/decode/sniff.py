@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from .base import DecodeError
 
-__all__ = ["HEAD_BYTES", "JPEG_MAGIC", "NOT_AN_IMAGE", "check_pixels", "sniff_image", "sniff_pillow"]
+__all__ = ["HEAD_BYTES", "JPEG_MAGIC", "NOT_AN_IMAGE", "check_pixels", "jpeg_header", "sniff_image", "sniff_pillow"]
 
 HEAD_BYTES = 64 * 1024  # a JPEG's header (through SOS) almost always fits; EXIF thumbnails included
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -30,6 +30,19 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
             f"image header claims {width}x{height} = {width * height / 1e6:.0f} MP, over the "
             f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb; raise --max-pixels if genuine)"
         )
+
+
+def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, str]:
+    """(width, height, colour space) of a whole JPEG's header, its size checked against max_pixels;
+    a header simplejpeg cannot parse is a DecodeError ("corrupt JPEG header: ...")."""
+    import simplejpeg
+
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise DecodeError(f"corrupt JPEG header: {exc}") from None
+    check_pixels(w, h, max_pixels)
+    return w, h, colorspace.upper()
 
 
 def sniff_pillow(f: BinaryIO, max_pixels: int) -> None:

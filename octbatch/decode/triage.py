@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..preprocess import Preprocessing, crop_box
-from .base import DecodeError, read_bytes
-from .sniff import JPEG_MAGIC, check_pixels, sniff_image
+from .base import read_bytes
+from .sniff import JPEG_MAGIC, jpeg_header, sniff_image
 
 __all__ = ["Triaged", "triage_file", "EOI", "TRAILING_PAD"]
 
@@ -33,7 +33,6 @@ class Triaged:
 
 def triage_file(path: str, spec: Preprocessing, max_pixels: int) -> Triaged:
     """Read `path` and decide where it is decoded; raises DecodeError for a file that is bad already."""
-    import simplejpeg
 
     def sniff(f: BinaryIO) -> None:
         sniff_image(f, max_pixels)  # non-JPEG files go to decode_image: its sniffer for all
@@ -41,12 +40,8 @@ def triage_file(path: str, spec: Preprocessing, max_pixels: int) -> Triaged:
     data = read_bytes(path, sniff=sniff)
     if data[:3] != JPEG_MAGIC:
         return Triaged(data, None, None)  # PNG, TIFF, or not an image at all: the CPU decoder says which
-    try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
-        raise DecodeError(f"corrupt JPEG header: {exc}") from None
-    check_pixels(w, h, max_pixels)
-    if colorspace.upper() in ("CMYK", "YCCK"):
+    w, h, colorspace = jpeg_header(data, max_pixels)
+    if colorspace in ("CMYK", "YCCK"):
         return Triaged(data, None, None)  # a GPU's GRAY conversion of CMYK differs from Pillow's
     if not data[-64:].rstrip(TRAILING_PAD).endswith(EOI):
         return Triaged(data, None, None)  # truncated (or extra data after EOI): the strict CPU decode decides
